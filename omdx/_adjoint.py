@@ -1,0 +1,282 @@
+"""Linear solvers for the backward pass of the implicit function theorem.
+
+The implicit gradient needs one solve with the transposed Jacobian of the residual. Any
+Lineax solver does that; this module adds the Neumann series (not in Lineax), a damping
+wrapper for near-singular Hessians, and the string names accepted by
+[`omdx.solve_inner`][].
+"""
+
+import math
+from typing import Any, Literal, TypeAlias
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import lineax as lx
+from jaxtyping import Array, PyTree
+
+
+AdjointName: TypeAlias = Literal["direct", "gmres", "cg", "neumann", "identity"]
+ADJOINT_NAMES: tuple[str, ...] = ("direct", "gmres", "cg", "neumann", "identity")
+
+# Number of terms the string "neumann" uses: enough for a contraction of rate 0.9 to
+# reach about 1% error, at 50 Jacobian-vector products.
+DEFAULT_NEUMANN_STEPS = 50
+
+_NeumannState: TypeAlias = lx.AbstractLinearOperator
+
+
+def _is_real_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+class Neumann(lx.AbstractLinearSolver[_NeumannState]):
+    r"""Truncated Neumann series for an approximate inverse, in a fixed budget.
+
+    Solves $Ax = b$ approximately by
+
+    $$x = \alpha \sum_{i=0}^{k} (I - \alpha A)^i b,$$
+
+    which converges to $A^{-1}b$ as $k \to \infty$ whenever the spectral radius of
+    $I - \alpha A$ is below one (for a symmetric positive definite $A$: $0 < \alpha <
+    2/\lambda_{\max}$). It needs $k$ matrix-vector products and no extra memory, and it
+    always reports success: spending its budget is what it is for.
+
+    With `steps=0` it is the *identity* approximation $A^{-1} \approx \alpha I$, the
+    paper's default adjoint for neural OMD.
+
+    Fixed-point residuals $f(y) = T(y) - y$ with a contraction $T$ (such as the tabular
+    residual $B^\theta Q - Q$) have a Jacobian $J_T - I$ whose spectrum lies in the left
+    half-plane. Set `negative=True` for those: the series then runs on $-A$ and the
+    result is negated, so that with $\alpha = 1$ it becomes
+    $-\sum_{i=0}^{k} J_T^i b$, the value-iteration form of $(J_T - I)^{-1} b$.
+
+    Its transpose is the same series on $A^\top$, so reverse-mode autodifferentiation
+    through `lineax.linear_solve` works.
+    """
+
+    steps: int = eqx.field(static=True)
+    scale: float | Array = 1.0
+    negative: bool = eqx.field(static=True, default=False)
+
+    def __check_init__(self):
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool):
+            raise TypeError(f"`steps` must be a non-negative int, got {type(self.steps).__name__}.")
+        if self.steps < 0:
+            raise ValueError(f"`steps` must be a non-negative int, got {self.steps}.")
+        if _is_real_number(self.scale):
+            if not (math.isfinite(self.scale) and self.scale > 0):
+                raise ValueError(f"`scale` must be a positive finite number, got {self.scale}.")
+        elif not eqx.is_array(self.scale):
+            raise TypeError(f"`scale` must be a positive number, got {type(self.scale).__name__}.")
+
+    def init(self, operator: lx.AbstractLinearOperator, options: dict[str, Any]):
+        del options
+        if not eqx.tree_equal(operator.in_structure(), operator.out_structure()):
+            raise ValueError(
+                "`Neumann` needs a square operator (input and output structures equal)."
+            )
+        # Linearise once so that the k products reuse one linearisation.
+        return lx.linearise(operator)
+
+    def compute(
+        self, state: _NeumannState, vector: PyTree[Array], options: dict[str, Any]
+    ) -> tuple[PyTree[Array], lx.RESULTS, dict[str, Any]]:
+        del options
+        operator = state
+        sign = -1.0 if self.negative else 1.0
+        # The series for (sign * A)^{-1}, run by Horner's rule:
+        # x <- scale * b + (I - scale * sign * A) x, starting from x = scale * b.
+        scaled_b = jtu.tree_map(lambda b: self.scale * b, vector)
+
+        def horner(_, x):
+            ax = operator.mv(x)
+            return jtu.tree_map(
+                lambda sb, xi, axi: sb + xi - (sign * self.scale) * axi,
+                scaled_b,
+                x,
+                ax,
+            )
+
+        solution = jax.lax.fori_loop(0, self.steps, horner, scaled_b)
+        solution = jtu.tree_map(lambda x: sign * x, solution)
+        stats = {"num_steps": jnp.array(self.steps), "max_steps": self.steps}
+        return solution, lx.RESULTS.successful, stats
+
+    def transpose(self, state: _NeumannState, options: dict[str, Any]):
+        # A polynomial in A transposes to the same polynomial in A^T.
+        return state.transpose(), options
+
+    def conj(self, state: _NeumannState, options: dict[str, Any]):
+        return lx.conj(state), options
+
+    def assume_full_rank(self) -> bool:
+        return True
+
+
+Neumann.__init__.__doc__ = r"""**Arguments:**
+
+- `steps`: the number $k \geq 0$ of terms after the first; the solve costs $k$
+    matrix-vector products. `steps=0` is the identity approximation $\alpha I$.
+- `scale`: the step size $\alpha > 0$. For a symmetric positive definite Hessian, choose
+    $\alpha < 1/\lambda_{\max}$; for a fixed-point residual (with `negative=True`),
+    $\alpha = 1$ gives the value-iteration series.
+- `negative`: set when the operator's spectrum lies in the left half-plane, as for any
+    fixed-point residual $T(y) - y$ with a contraction $T$.
+"""
+
+
+class Damped(lx.AbstractLinearSolver):
+    r"""Solve $(A + \lambda I)x = b$ with another solver, keeping $A$'s tags.
+
+    Damping regularises a Hessian that is only positive *semi*-definite (a network's
+    Bellman loss away from its minimum), as the paper's CG adjoint did with
+    $\lambda = 10^{-5}$.
+    """
+
+    solver: lx.AbstractLinearSolver
+    damping: float | Array
+
+    def __check_init__(self):
+        if not isinstance(self.solver, lx.AbstractLinearSolver):
+            raise TypeError(
+                "`solver` must be a `lineax.AbstractLinearSolver`, got "
+                f"{type(self.solver).__name__}."
+            )
+        if _is_real_number(self.damping) and not (
+            math.isfinite(self.damping) and self.damping >= 0
+        ):
+            raise ValueError(f"`damping` must be a non-negative finite number, got {self.damping}.")
+
+    def _damp(self, operator: lx.AbstractLinearOperator) -> lx.AbstractLinearOperator:
+        tags = set()
+        if lx.is_symmetric(operator):
+            tags.add(lx.symmetric_tag)
+        if lx.is_positive_semidefinite(operator):
+            tags.add(lx.positive_semidefinite_tag)
+        identity = lx.IdentityLinearOperator(operator.in_structure())
+        damped = lx.linearise(operator) + self.damping * identity
+        return lx.TaggedLinearOperator(damped, frozenset(tags))
+
+    def init(self, operator: lx.AbstractLinearOperator, options: dict[str, Any]):
+        return self.solver.init(self._damp(operator), options)
+
+    def compute(self, state, vector, options):
+        return self.solver.compute(state, vector, options)
+
+    def transpose(self, state, options):
+        return self.solver.transpose(state, options)
+
+    def conj(self, state, options):
+        return self.solver.conj(state, options)
+
+    def assume_full_rank(self) -> bool:
+        return self.solver.assume_full_rank()
+
+
+Damped.__init__.__doc__ = r"""**Arguments:**
+
+- `solver`: the Lineax solver that solves the damped system.
+- `damping`: $\lambda \geq 0$, added to the diagonal of the operator.
+"""
+
+
+def truncated_cg(steps: int = 100, damping: float = 0.0) -> lx.AbstractLinearSolver:
+    r"""Conjugate gradient with a fixed budget, as the paper's "inverse Jacobian" adjoint.
+
+    Runs exactly `steps` CG iterations (fewer only if the residual vanishes) on
+    $(A + \lambda I)x = b$ and reports success when the budget is spent, so it never
+    raises inside `jax.grad`. Needs a symmetric positive semidefinite operator: use it
+    with `solve_inner(..., symmetric=True)`.
+
+    **Arguments:**
+
+    - `steps`: the number of CG iterations ($\geq 1$); each costs one Hessian-vector
+        product.
+    - `damping`: $\lambda \geq 0$ added to the diagonal (the paper used $10^{-5}$).
+
+    **Returns:**
+
+    A `lineax.AbstractLinearSolver`.
+    """
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"`steps` must be a positive int, got {steps!r}.")
+    # rtol = atol = 0 with a step budget is Lineax's fixed-budget mode: it reports
+    # success after `max_steps` iterations instead of `max_steps_reached`.
+    cg = lx.CG(rtol=0.0, atol=0.0, max_steps=steps)
+    if _is_real_number(damping) and damping == 0:
+        return cg
+    return Damped(cg, damping)
+
+
+def _uses_cg(solver: lx.AbstractLinearSolver) -> bool:
+    while isinstance(solver, Damped):
+        solver = solver.solver
+    return isinstance(solver, lx.CG)
+
+
+def default_tolerance(dtype) -> float:
+    """Tolerance of the iterative adjoints named by string, by floating-point precision."""
+    return 1e-10 if jnp.finfo(dtype).bits >= 64 else 1e-5
+
+
+def resolve_adjoint(
+    adjoint: AdjointName | lx.AbstractLinearSolver | None,
+    *,
+    symmetric: bool,
+    dtype=jnp.float32,
+) -> lx.AbstractLinearSolver:
+    """Turn an adjoint name (or solver) into the Lineax solver for the backward pass.
+
+    **Arguments:**
+
+    - `adjoint`: `None` (the default for the residual type: `"cg"` when `symmetric`,
+        `"direct"` otherwise), one of `"direct"`, `"gmres"`, `"cg"`, `"neumann"`,
+        `"identity"`, or any `lineax.AbstractLinearSolver`.
+    - `symmetric`: whether the residual is a gradient, so that its Jacobian is a
+        symmetric (positive semidefinite) Hessian. It also fixes the sign convention
+        of `"neumann"` and `"identity"`: a Hessian for `symmetric=True`, a fixed-point
+        residual $T(y) - y$ (with Jacobian near $-I$) for `symmetric=False`.
+    - `dtype`: the floating-point type of the problem, which sets the tolerance of
+        `"gmres"` and `"cg"` (`1e-10` in float64, `1e-5` otherwise).
+
+    **Returns:**
+
+    A `lineax.AbstractLinearSolver`.
+    """
+    if adjoint is None:
+        adjoint = "cg" if symmetric else "direct"
+    if isinstance(adjoint, str):
+        tol = default_tolerance(dtype)
+        if adjoint == "direct":
+            return lx.LU()
+        if adjoint == "gmres":
+            return lx.GMRES(rtol=tol, atol=tol)
+        if adjoint == "cg":
+            if not symmetric:
+                raise ValueError(
+                    '`adjoint="cg"` needs a symmetric positive semidefinite Jacobian: '
+                    "pass `symmetric=True` (for a gradient residual), or choose "
+                    '"direct", "gmres" or "neumann" for a general residual.'
+                )
+            return lx.CG(rtol=tol, atol=tol)
+        if adjoint == "neumann":
+            return Neumann(DEFAULT_NEUMANN_STEPS, 1.0, negative=not symmetric)
+        if adjoint == "identity":
+            return Neumann(0, 1.0, negative=not symmetric)
+        raise ValueError(
+            f"Unknown `adjoint` {adjoint!r}: expected one of {ADJOINT_NAMES} or a "
+            "`lineax.AbstractLinearSolver`."
+        )
+    if isinstance(adjoint, lx.AbstractLinearSolver):
+        if _uses_cg(adjoint) and not symmetric:
+            raise ValueError(
+                "A CG `adjoint` needs a symmetric positive semidefinite Jacobian: pass "
+                "`symmetric=True`, or use GMRES / LU / Neumann for a general residual."
+            )
+        return adjoint
+    raise TypeError(
+        f"`adjoint` must be None, one of {ADJOINT_NAMES}, or a "
+        f"`lineax.AbstractLinearSolver`; got {type(adjoint).__name__}."
+    )

@@ -1,0 +1,196 @@
+"""`solve_inner`: the inner problem of bilevel RL, differentiated implicitly."""
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import lineax as lx
+import optimistix as optx
+from jaxtyping import PyTree
+
+from ._adjoint import AdjointName, resolve_adjoint
+
+
+_SOLVER_TYPES = (
+    optx.AbstractRootFinder,
+    optx.AbstractFixedPointSolver,
+    optx.AbstractLeastSquaresSolver,
+    optx.AbstractMinimiser,
+)
+
+SYMMETRIC_TAGS = frozenset({lx.symmetric_tag, lx.positive_semidefinite_tag})
+
+
+class _AsFixedPoint(eqx.Module):
+    """`y -> y + residual(y, args)`: the map whose fixed point is the residual's root."""
+
+    residual: Callable
+    has_aux: bool = eqx.field(static=True)
+
+    def __call__(self, y, args):
+        out = self.residual(y, args)
+        if self.has_aux:
+            f, aux = out
+            return jtu.tree_map(jnp.add, y, f), aux
+        return jtu.tree_map(jnp.add, y, out)
+
+
+def _describe(tree) -> str:
+    return str(jtu.tree_map(lambda x: f"{x.dtype}{list(x.shape)}", tree))
+
+
+def _check_inputs(residual, y0, args, solver, has_aux, max_steps):
+    if not callable(residual):
+        raise TypeError(
+            "`residual` must be a callable `residual(y, args) -> PyTree`, got "
+            f"{type(residual).__name__}."
+        )
+    if not isinstance(solver, _SOLVER_TYPES):
+        raise TypeError(
+            "`solver` must be an Optimistix root finder, fixed-point solver, "
+            "least-squares solver or minimiser (e.g. `optx.Newton(rtol, atol)`, "
+            "`optx.FixedPointIteration(rtol, atol)` or `omdx.GradientSteps(...)`), got "
+            f"{type(solver).__name__}."
+        )
+    if max_steps is not None and (
+        not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1
+    ):
+        raise ValueError(f"`max_steps` must be a positive int or None, got {max_steps!r}.")
+    y_leaves = jtu.tree_leaves(y0)
+    if not y_leaves:
+        raise ValueError("`y0` must contain at least one array.")
+    for leaf in y_leaves:
+        if not (eqx.is_array_like(leaf)):
+            raise TypeError(
+                f"`y0` must be a PyTree of arrays, found a leaf of type {type(leaf).__name__}."
+            )
+    y_struct = jax.eval_shape(lambda y: jtu.tree_map(jnp.asarray, y), y0)
+    try:
+        out_struct = eqx.filter_eval_shape(residual, y0, args)
+    except Exception as e:
+        raise ValueError(
+            f"`residual(y0, args)` failed while tracing shapes: {type(e).__name__}: {e}"
+        ) from e
+    if has_aux:
+        if not (isinstance(out_struct, tuple) and len(out_struct) == 2):
+            raise ValueError("With `has_aux=True`, `residual` must return a pair `(f, aux)`.")
+        out_struct = out_struct[0]
+    same_structure = jtu.tree_structure(out_struct) == jtu.tree_structure(y_struct)
+    if same_structure:
+        same_structure = all(
+            o.shape == y.shape
+            for o, y in zip(jtu.tree_leaves(out_struct), jtu.tree_leaves(y_struct))
+        )
+    if not same_structure:
+        raise ValueError(
+            "`y0` and the output of `residual(y0, args)` must have the same PyTree "
+            f"structure and shapes; got y0 = {_describe(y_struct)} and residual = "
+            f"{_describe(out_struct)}."
+        )
+    return y_struct
+
+
+def solve_inner(
+    residual: Callable[[PyTree, Any], PyTree],
+    y0: PyTree,
+    args: PyTree = None,
+    *,
+    solver: optx.AbstractRootFinder | optx.AbstractFixedPointSolver,
+    adjoint: AdjointName | lx.AbstractLinearSolver | None = None,
+    symmetric: bool = False,
+    has_aux: bool = False,
+    max_steps: int | None = 256,
+    throw: bool = True,
+    options: dict[str, Any] | None = None,
+) -> optx.Solution:
+    r"""Solve `residual(y, args) = 0` for `y`, differentiable in `args` by the IFT.
+
+    The solution $y^*(\theta)$ of $f(y, \theta) = 0$ is an implicit function of the
+    parameters $\theta$ carried in `args`. Gradients of anything computed from
+    `solution.value` with respect to `args` are
+    $-(\partial f/\partial \theta)^\top (\partial f/\partial y)^{-\top} \bar{y}$, with the
+    linear solve done by `adjoint`; the solver's iterations are never backpropagated
+    through. The warm start `y0` receives no gradient.
+
+    This is `optimistix.root_find` with `optimistix.ImplicitAdjoint` (or
+    `optimistix.fixed_point` for fixed-point solvers, on $y + f(y)$), with adjoints
+    named by string, input checks, and the Jacobian tagged symmetric positive
+    semidefinite when `symmetric=True`. It jits, vmaps (over `y0` and `args`) and runs
+    inside `lax.scan`.
+
+    !!! warning
+
+        Everything the residual depends on and that should receive gradients must travel
+        in `args`: a `residual` that closes over JAX arrays breaks the implicit
+        derivative. `args` may hold arrays and Equinox modules.
+
+    **Arguments:**
+
+    - `residual`: `residual(y, args) -> f`, a PyTree with the structure of `y`, zero at
+        the solution. For a fixed-point problem use $T(y) - y$ (e.g. the Bellman
+        residual $B^\theta Q - Q$); for a minimisation use the gradient of the loss
+        (and `symmetric=True`).
+    - `y0`: the initial guess (warm start), a PyTree of arrays.
+    - `args`: the parameters $\theta$ and any data, passed to `residual`.
+    - `solver`: any Optimistix root finder (`optx.Newton`, [`omdx.GradientSteps`][]),
+        fixed-point solver (`optx.FixedPointIteration` is value iteration on
+        $y + f(y)$), least-squares solver or minimiser.
+    - `adjoint`: the backward-pass linear solver: `"direct"` (dense LU), `"gmres"`,
+        `"cg"` (needs `symmetric=True`), `"neumann"`, `"identity"`, or any
+        `lineax.AbstractLinearSolver` such as [`omdx.Neumann`][] or
+        [`omdx.truncated_cg`][]. Defaults to `"cg"` if `symmetric` else `"direct"`.
+        See [`omdx.resolve_adjoint`][] for what each name means.
+    - `symmetric`: set when the residual is a gradient, so its Jacobian is a symmetric
+        positive semidefinite Hessian. Tags the operator for CG, and sets the sign
+        convention of `"neumann"`/`"identity"`.
+    - `has_aux`: whether `residual` returns `(f, aux)`; `aux` is `solution.aux`.
+    - `max_steps`: the solver's step limit.
+    - `throw`: raise if the solver fails (runs out of steps, diverges). With a fixed
+        budget, or under `vmap` (where one failure would abort every batch element),
+        pass `throw=False` and read `solution.result`.
+    - `options`: solver options, e.g. `{"opt_state": ...}` for
+        [`omdx.GradientSteps`][].
+
+    **Returns:**
+
+    An `optimistix.Solution`: `.value` (the solution $y^*$), `.result`, `.stats`,
+    `.aux` and `.state` (the solver's final state).
+    """
+    y_struct = _check_inputs(residual, y0, args, solver, has_aux, max_steps)
+    if not isinstance(symmetric, bool):
+        raise TypeError(f"`symmetric` must be a bool, got {type(symmetric).__name__}.")
+    dtypes = [leaf.dtype for leaf in jtu.tree_leaves(y_struct)]
+    dtype = jnp.result_type(*dtypes)
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        dtype = jnp.result_type(float)
+    linear_solver = resolve_adjoint(adjoint, symmetric=symmetric, dtype=dtype)
+    implicit = optx.ImplicitAdjoint(linear_solver=linear_solver)
+    tags = SYMMETRIC_TAGS if symmetric else frozenset()
+    if isinstance(solver, optx.AbstractFixedPointSolver):
+        return optx.fixed_point(
+            _AsFixedPoint(residual, has_aux),
+            solver,
+            y0,
+            args,
+            options,
+            has_aux=has_aux,
+            max_steps=max_steps,
+            adjoint=implicit,
+            throw=throw,
+            tags=tags,
+        )
+    return optx.root_find(
+        residual,
+        solver,
+        y0,
+        args,
+        options,
+        has_aux=has_aux,
+        max_steps=max_steps,
+        adjoint=implicit,
+        throw=throw,
+        tags=tags,
+    )

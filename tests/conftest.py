@@ -1,0 +1,12 @@
+import jax
+import pytest
+
+
+jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture
+def getkey():
+    """A fresh PRNG key each call, deterministic per test."""
+    keys = iter(jax.random.split(jax.random.PRNGKey(5678), 1000))
+    return lambda: next(keys)
