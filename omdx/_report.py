@@ -1,0 +1,125 @@
+"""Writing results: CSV, JSON and markdown tables. No maths here."""
+
+import csv
+import json
+import math
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def _plain(value: Any) -> Any:
+    """Convert JAX/NumPy scalars and arrays to JSON/CSV-friendly Python values."""
+    if isinstance(value, (np.ndarray,)) or hasattr(value, "__array__"):
+        array = np.asarray(value)
+        return array.item() if array.ndim == 0 else array.tolist()
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def write_csv(path: str | pathlib.Path, rows: Sequence[Mapping[str, Any]]) -> pathlib.Path:
+    """Write a list of flat dicts as CSV, columns in first-seen order."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns: list[str] = []
+    for row in rows:
+        for key in row:
+            if key not in columns:
+                columns.append(key)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _plain(v) for k, v in row.items()})
+    return path
+
+
+def write_json(path: str | pathlib.Path, data: Any) -> pathlib.Path:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_plain(data), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def _format_cell(value: Any, precision: int) -> str:
+    value = _plain(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 10 ** (-precision)):
+            return f"{value:.{precision}e}"
+        return f"{value:.{precision}f}"
+    return str(value)
+
+
+def markdown_table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, precision: int = 4
+) -> str:
+    """Format rows of dicts as a GitHub-flavoured markdown table."""
+    if columns is None:
+        columns = list(rows[0]) if rows else []
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "| " + " | ".join("---" for _ in columns) + " |",
+    ]
+    for row in rows:
+        lines.append(
+            "| " + " | ".join(_format_cell(row.get(c, ""), precision) for c in columns) + " |"
+        )
+    return "\n".join(lines)
+
+
+def mean_and_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and half-width of a normal-approximation confidence interval over seeds.
+
+    Uses Student's t quantile for small samples (table for n - 1 <= 30, else 1.96).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    n = x.size
+    if n == 0:
+        return float("nan"), float("nan")
+    mean = float(x.mean())
+    if n == 1:
+        return mean, float("nan")
+    if confidence != 0.95:
+        raise ValueError(f"`confidence` must be 0.95, got {confidence}.")
+    t_975 = [
+        12.706,
+        4.303,
+        3.182,
+        2.776,
+        2.571,
+        2.447,
+        2.365,
+        2.306,
+        2.262,
+        2.228,
+        2.201,
+        2.179,
+        2.160,
+        2.145,
+        2.131,
+        2.120,
+        2.110,
+        2.101,
+        2.093,
+        2.086,
+        2.080,
+        2.074,
+        2.069,
+        2.064,
+        2.060,
+        2.056,
+        2.052,
+        2.048,
+        2.045,
+        2.042,
+    ]
+    t = t_975[n - 2] if n - 1 <= len(t_975) else 1.96
+    half_width = t * float(x.std(ddof=1)) / math.sqrt(n)
+    return mean, half_width
