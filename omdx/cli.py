@@ -13,12 +13,6 @@ def build_parser() -> argparse.ArgumentParser:
     from .tabular._cli import add_tabular_parser
 
     add_tabular_parser(subparsers)
-    try:
-        from .agents._cli import add_agent_parsers
-    except ImportError:  # the neural agents are optional while they are being built
-        add_agent_parsers = None
-    if add_agent_parsers is not None:
-        add_agent_parsers(subparsers)
     return parser
 
 
