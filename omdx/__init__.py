@@ -6,6 +6,7 @@ from ._adjoint import (
     Neumann as Neumann,
     resolve_adjoint as resolve_adjoint,
     truncated_cg as truncated_cg,
+    TruncatedCG as TruncatedCG,
 )
 from ._diagnostics import (
     adjoint_diagnostics as adjoint_diagnostics,

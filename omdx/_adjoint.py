@@ -182,38 +182,125 @@ Damped.__init__.__doc__ = r"""**Arguments:**
 """
 
 
-def truncated_cg(steps: int = 100, damping: float = 0.0) -> lx.AbstractLinearSolver:
-    r"""Conjugate gradient with a fixed budget, as the paper's "inverse Jacobian" adjoint.
+_TruncatedCGState: TypeAlias = lx.AbstractLinearOperator
 
-    Runs exactly `steps` CG iterations (fewer only if the residual vanishes) on
-    $(A + \lambda I)x = b$ and reports success when the budget is spent, so it never
-    raises inside `jax.grad`. Needs a symmetric positive semidefinite operator: use it
-    with `solve_inner(..., symmetric=True)`.
+
+class TruncatedCG(lx.AbstractLinearSolver[_TruncatedCGState]):
+    r"""Conjugate gradient with a fixed budget, safe on indefinite Hessians.
+
+    Runs at most `steps` CG iterations on $(A + \lambda I)x = b$ from $x_0 = 0$, and stops
+    early when the residual vanishes or when it meets a direction of non-positive
+    curvature ($p^\top (A + \lambda I) p \leq 0$), returning the iterate reached so far: the
+    truncated CG of Newton-CG and Steihaug's method. The Hessian of a network's Bellman loss
+    away from its minimum is often indefinite, and `lineax.CG` returns NaN there; this
+    solver never does. It reports success whatever happens (a fixed budget spent by design
+    must not raise inside `jax.grad`); `stats` hold `num_steps` and `negative_curvature`.
+
+    This is the paper's "inverse Jacobian" adjoint (100 iterations, $\lambda = 10^{-5}$).
+    The operator must be symmetric: use it with `solve_inner(..., symmetric=True)`.
+    """
+
+    steps: int = eqx.field(static=True)
+    damping: float | Array = 0.0
+
+    def __check_init__(self):
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
+            raise ValueError(f"`steps` must be a positive int, got {self.steps!r}.")
+        if _is_real_number(self.damping) and not (
+            math.isfinite(self.damping) and self.damping >= 0
+        ):
+            raise ValueError(f"`damping` must be a non-negative finite number, got {self.damping}.")
+
+    def init(self, operator: lx.AbstractLinearOperator, options: dict[str, Any]):
+        del options
+        if not lx.is_symmetric(operator):
+            raise ValueError(
+                "`TruncatedCG` needs a symmetric operator: pass `symmetric=True` to "
+                "`omdx.solve_inner` (for a gradient residual)."
+            )
+        return lx.linearise(operator)
+
+    def compute(self, state, vector, options):
+        del options
+        operator = state
+        dot = _tree_dot
+
+        def matvec(p):
+            ap = operator.mv(p)
+            return jtu.tree_map(lambda a, q: a + self.damping * q, ap, p)
+
+        zero = jtu.tree_map(jnp.zeros_like, vector)
+        rr = dot(vector, vector)
+        tiny = jnp.finfo(rr.dtype).tiny
+
+        def cond(carry):
+            _, _, _, rr, step, active, _ = carry
+            return active & (step < self.steps) & (rr > tiny)
+
+        def body(carry):
+            x, r, p, rr, step, _, _ = carry
+            ap = matvec(p)
+            curvature = dot(p, ap)
+            positive = curvature > tiny * dot(p, p)
+            alpha = jnp.where(positive, rr / jnp.where(positive, curvature, 1.0), 0.0)
+            x = jtu.tree_map(lambda xi, pi: xi + alpha * pi, x, p)
+            r = jtu.tree_map(lambda ri, api: ri - alpha * api, r, ap)
+            rr_new = dot(r, r)
+            beta = jnp.where(positive, rr_new / jnp.where(rr > 0, rr, 1.0), 0.0)
+            p = jtu.tree_map(lambda ri, pi: ri + beta * pi, r, p)
+            step = step + jnp.where(positive, 1, 0)
+            return x, r, p, rr_new, step, positive, ~positive
+
+        init = (zero, vector, vector, rr, jnp.array(0), jnp.array(True), jnp.array(False))
+        x, _, _, _, num_steps, _, negative_curvature = jax.lax.while_loop(cond, body, init)
+        stats = {
+            "num_steps": num_steps,
+            "max_steps": self.steps,
+            "negative_curvature": negative_curvature,
+        }
+        return x, lx.RESULTS.successful, stats
+
+    def transpose(self, state, options):
+        return state.transpose(), options
+
+    def conj(self, state, options):
+        return lx.conj(state), options
+
+    def assume_full_rank(self) -> bool:
+        return True
+
+
+TruncatedCG.__init__.__doc__ = r"""**Arguments:**
+
+- `steps`: the most CG iterations ($\geq 1$); each costs one Hessian-vector product.
+- `damping`: $\lambda \geq 0$ added to the diagonal (the paper used $10^{-5}$).
+"""
+
+
+def _tree_dot(a, b):
+    leaves = [jnp.vdot(x, y) for x, y in zip(jtu.tree_leaves(a), jtu.tree_leaves(b))]
+    return jnp.real(sum(leaves))
+
+
+def truncated_cg(steps: int = 100, damping: float = 0.0) -> TruncatedCG:
+    r"""The paper's fixed-budget CG adjoint: [`omdx.TruncatedCG`][]`(steps, damping)`.
 
     **Arguments:**
 
-    - `steps`: the number of CG iterations ($\geq 1$); each costs one Hessian-vector
-        product.
-    - `damping`: $\lambda \geq 0$ added to the diagonal (the paper used $10^{-5}$).
+    - `steps`: the most CG iterations ($\geq 1$).
+    - `damping`: $\lambda \geq 0$ added to the diagonal.
 
     **Returns:**
 
-    A `lineax.AbstractLinearSolver`.
+    An [`omdx.TruncatedCG`][].
     """
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"`steps` must be a positive int, got {steps!r}.")
-    # rtol = atol = 0 with a step budget is Lineax's fixed-budget mode: it reports
-    # success after `max_steps` iterations instead of `max_steps_reached`.
-    cg = lx.CG(rtol=0.0, atol=0.0, max_steps=steps)
-    if _is_real_number(damping) and damping == 0:
-        return cg
-    return Damped(cg, damping)
+    return TruncatedCG(steps, damping)
 
 
 def _uses_cg(solver: lx.AbstractLinearSolver) -> bool:
     while isinstance(solver, Damped):
         solver = solver.solver
-    return isinstance(solver, lx.CG)
+    return isinstance(solver, (lx.CG, TruncatedCG))
 
 
 def default_tolerance(dtype) -> float:

@@ -1,0 +1,437 @@
+"""The whole training run compiled once: acting, environment, buffer, updates, evaluation.
+
+A run is a `lax.scan` over *iterations*, each `eval_every` environment steps (one update
+per step after the warm-up) followed by an evaluation. Iterations are grouped into chunks:
+one compiled call per chunk, vmapped over seeds, so that a progress bar advances and metrics
+stream out between chunks while the chunk itself runs without returning to Python.
+"""
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import equinox as eqx
+import equinox.internal as eqxi
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+
+from ._buffer import buffer_add, buffer_init, buffer_sample, ReplayBuffer
+from ._transition import Transition
+from .agents._config import AgentConfig
+from .agents._state import AgentState, init_agent
+from .agents._steps import agent_step
+from .envs import AbstractEnv, make
+
+
+def filter_scan(f, init, xs):
+    """`lax.scan` whose carry may hold non-array leaves (activation functions, ...), which
+    stay fixed across iterations."""
+    dynamic, static = eqx.partition(init, eqx.is_array)
+
+    def body(carry, x):
+        carry, out = f(eqx.combine(carry, static), x)
+        return eqx.filter(carry, eqx.is_array), out
+
+    dynamic, out = jax.lax.scan(body, dynamic, xs)
+    return eqx.combine(dynamic, static), out
+
+
+def filter_cond(pred, true_fn, false_fn, *operands):
+    """`lax.cond` over operands that may hold non-array leaves."""
+    dynamic, static = eqx.partition(operands, eqx.is_array)
+
+    def wrap(fn):
+        def wrapped(dyn):
+            out = fn(*eqx.combine(dyn, static))
+            out_dynamic, out_static = eqx.partition(out, eqx.is_array)
+            return out_dynamic, eqxi.Static(out_static)
+
+        return wrapped
+
+    # Both branches must return the same static part; take it from an abstract trace.
+    _, out_static = jax.eval_shape(wrap(true_fn), dynamic)
+    out_dynamic = jax.lax.cond(
+        pred, lambda d: wrap(true_fn)(d)[0], lambda d: wrap(false_fn)(d)[0], dynamic
+    )
+    return eqx.combine(out_dynamic, out_static.value)
+
+
+def _check_int(name, value, minimum):
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+
+
+class TrainConfig(eqx.Module):
+    """Settings of a training run (the paper's CartPole defaults), validated at construction."""
+
+    steps: int = eqx.field(static=True, default=200_000)
+    random_steps: int = eqx.field(static=True, default=1_000)
+    eval_every: int = eqx.field(static=True, default=1_000)
+    eval_episodes: int = eqx.field(static=True, default=10)
+    batch_size: int = eqx.field(static=True, default=256)
+    buffer_size: int | None = eqx.field(static=True, default=None)
+    epsilon: float = eqx.field(static=True, default=0.1)
+    evals_per_chunk: int = eqx.field(static=True, default=5)
+
+    def __check_init__(self):
+        _check_int("steps", self.steps, 1)
+        _check_int("random_steps", self.random_steps, 0)
+        _check_int("eval_every", self.eval_every, 1)
+        _check_int("eval_episodes", self.eval_episodes, 1)
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("evals_per_chunk", self.evals_per_chunk, 1)
+        if self.buffer_size is not None:
+            _check_int("buffer_size", self.buffer_size, 1)
+        if self.steps % self.eval_every != 0:
+            raise ValueError(
+                f"`steps` ({self.steps}) must be a multiple of `eval_every` ({self.eval_every})."
+            )
+        if self.batch_size > self.capacity:
+            raise ValueError(
+                f"`batch_size` ({self.batch_size}) is larger than the replay buffer "
+                f"(`buffer_size` = {self.capacity})."
+            )
+        if self.batch_size > self.steps:
+            raise ValueError(
+                f"`batch_size` ({self.batch_size}) is larger than the number of environment "
+                f"`steps` ({self.steps}): no update could ever be made."
+            )
+        if isinstance(self.epsilon, bool) or not (0.0 <= self.epsilon <= 1.0):
+            raise ValueError(f"`epsilon` must be in [0, 1], got {self.epsilon!r}.")
+
+    @property
+    def capacity(self) -> int:
+        return self.buffer_size if self.buffer_size is not None else min(self.steps, 1_000_000)
+
+    @property
+    def learning_starts(self) -> int:
+        return max(self.random_steps, self.batch_size)
+
+
+TrainConfig.__init__.__doc__ = """**Arguments:**
+
+- `steps`: environment steps per seed (a multiple of `eval_every`).
+- `random_steps`: uniformly random actions first (no updates before
+    `max(random_steps, batch_size)` steps).
+- `eval_every`: environment steps between evaluations.
+- `eval_episodes`: episodes per evaluation (greedy policy, run in parallel).
+- `batch_size`: real transitions per update.
+- `buffer_size`: replay capacity; defaults to `steps` (at most 10^6).
+- `epsilon`: probability of a uniformly random action after the warm-up; otherwise
+    actions are sampled from $\\mathrm{softmax}(\\min(Q_1, Q_2)/\\alpha)$.
+- `evals_per_chunk`: evaluations per compiled call (between progress updates).
+"""
+
+
+class RunState(eqx.Module):
+    """One seed's whole training state: agent, environment, replay buffer, key."""
+
+    agent: AgentState
+    env_state: PyTree
+    observation: Float[Array, " obs"]
+    buffer: ReplayBuffer
+    key: PRNGKeyArray
+
+
+class TrainResult(eqx.Module):
+    """What [`omdx.train`][] returns (NumPy arrays, seeds on the leading axis).
+
+    **Fields:**
+
+    - `seeds`: the seeds, `[n_seeds]`.
+    - `eval_steps`: environment steps at each evaluation, `[n_evals]`.
+    - `eval_returns`: mean evaluation return, `[n_seeds, n_evals]`.
+    - `metrics`: agent metrics averaged over each evaluation window (updates only), a dict
+        of `[n_seeds, n_evals]` arrays.
+    - `final_state`: the final [`omdx.RunState`][], batched over seeds.
+    """
+
+    seeds: np.ndarray
+    eval_steps: np.ndarray
+    eval_returns: np.ndarray
+    metrics: dict[str, np.ndarray]
+    final_state: RunState
+
+
+def select_action(
+    agent: AgentState,
+    observation: Float[Array, " obs"],
+    key: PRNGKeyArray,
+    num_actions: int,
+    *,
+    explore_probability: Float[Array, ""] | float,
+    config: AgentConfig,
+) -> Int[Array, ""]:
+    """With probability `explore_probability` a uniform action; otherwise a sample from
+    softmax(min(Q1, Q2)/alpha) (the greedy action for hard Q-learning)."""
+    policy_key, explore_key, random_key = jr.split(key, 3)
+    q_min = jnp.min(agent.q(observation), axis=0)
+    if config.soft:
+        policy_action = jr.categorical(policy_key, q_min / config.temperature)
+    else:
+        policy_action = jnp.argmax(q_min)
+    random_action = jr.randint(random_key, (), 0, num_actions)
+    explore = jr.uniform(explore_key) < explore_probability
+    return jnp.where(explore, random_action, policy_action).astype(jnp.int32)
+
+
+def evaluate(env: AbstractEnv, agent: AgentState, key: PRNGKeyArray, episodes: int) -> Array:
+    """Mean undiscounted return of the greedy policy of min(Q1, Q2) over `episodes`
+    episodes run side by side (each stops at its first termination or truncation).
+
+    **Arguments:**
+
+    - `env`: the environment.
+    - `agent`: the agent state.
+    - `key`: PRNG key.
+    - `episodes`: the number of episodes.
+
+    **Returns:**
+
+    A scalar: the mean return.
+    """
+    reset_key, loop_key = jr.split(key)
+    states, observations = jax.vmap(env.reset)(jr.split(reset_key, episodes))
+    dtype = observations.dtype
+
+    def greedy(observation):
+        return jnp.argmax(jnp.min(agent.q(observation), axis=0)).astype(jnp.int32)
+
+    def cond(carry):
+        _, _, _, done, t, _ = carry
+        return (t < env.max_episode_steps) & ~jnp.all(done)
+
+    def body(carry):
+        states, observations, returns, done, t, key = carry
+        key, step_key = jr.split(key)
+        actions = jax.vmap(greedy)(observations)
+        states, steps = jax.vmap(env.step)(states, actions, jr.split(step_key, episodes))
+        returns = returns + jnp.where(done, 0.0, steps.reward)
+        done = done | steps.terminated | steps.truncated
+        return states, steps.observation, returns, done, t + 1, key
+
+    init = (
+        states,
+        observations,
+        jnp.zeros(episodes, dtype),
+        jnp.zeros(episodes, bool),
+        jnp.array(0),
+        loop_key,
+    )
+    _, _, returns, _, _, _ = jax.lax.while_loop(cond, body, init)
+    return jnp.mean(returns)
+
+
+class _Runner(eqx.Module):
+    """The pure functions of one seed's run, closed over static settings only."""
+
+    env: AbstractEnv
+    agent_config: AgentConfig = eqx.field(static=True)
+    train_config: TrainConfig = eqx.field(static=True)
+
+    def init(self, key: PRNGKeyArray) -> RunState:
+        agent_key, env_key, run_key = jr.split(key, 3)
+        agent = init_agent(agent_key, self.env, self.agent_config)
+        env_state, observation = self.env.reset(env_key)
+        example = Transition(
+            observation=observation,
+            action=jnp.array(0, jnp.int32),
+            reward=jnp.zeros((), observation.dtype),
+            next_observation=observation,
+            terminated=jnp.array(False),
+        )
+        buffer = buffer_init(self.train_config.capacity, example)
+        return RunState(agent, env_state, observation, buffer, run_key)
+
+    def _update(self, agent, buffer, key):
+        batch = buffer_sample(buffer, key, self.train_config.batch_size)
+        return agent_step(agent, batch, self.agent_config)
+
+    def env_step(self, run: RunState, t: Int[Array, ""]):
+        tc = self.train_config
+        key, act_key, env_key, sample_key = jr.split(run.key, 4)
+        explore = jnp.where(t < tc.random_steps, 1.0, tc.epsilon)
+        action = select_action(
+            run.agent,
+            run.observation,
+            act_key,
+            self.env.num_actions,
+            explore_probability=explore,
+            config=self.agent_config,
+        )
+        env_state, step = self.env.step(run.env_state, action, env_key)
+        transition = Transition(
+            run.observation, action, step.reward, step.next_observation, step.terminated
+        )
+        buffer = buffer_add(run.buffer, transition)
+        # `t` is not batched over seeds, so this stays a real branch under vmap.
+        learn = t >= tc.learning_starts
+        metric_shapes = eqx.filter_eval_shape(self._update, run.agent, buffer, sample_key)[1]
+
+        def no_update(agent, buffer, key):
+            del buffer, key
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
+            return agent, zeros
+
+        agent, metrics = filter_cond(learn, self._update, no_update, run.agent, buffer, sample_key)
+        run = RunState(agent, env_state, step.observation, buffer, key)
+        return run, (metrics, learn)
+
+    def iteration(self, run: RunState, start: Int[Array, ""]):
+        tc = self.train_config
+        ts = start + jnp.arange(tc.eval_every)
+        run, (metrics, learned) = filter_scan(self.env_step, run, ts)
+        count = jnp.sum(learned)
+        weights = learned.astype(jnp.result_type(float)) / jnp.maximum(count, 1)
+        window = {}
+        for name, values in metrics.items():
+            if name == "inner_result":  # any failure in the window shows
+                window[name] = jnp.max(values)
+            else:
+                window[name] = jnp.sum(values * weights.astype(values.dtype))
+        key, eval_key = jr.split(run.key)
+        eval_return = evaluate(self.env, run.agent, eval_key, tc.eval_episodes)
+        run = dataclasses.replace(run, key=key)
+        return run, (eval_return, window)
+
+    def chunk(self, run: RunState, start: Int[Array, ""], iterations: int):
+        starts = start + self.train_config.eval_every * jnp.arange(iterations)
+        return filter_scan(self.iteration, run, starts)
+
+
+def _as_seeds(seeds) -> np.ndarray:
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if seeds < 1:
+            raise ValueError(f"`seeds` must be a positive int or a list of ints, got {seeds}.")
+        return np.arange(seeds)
+    array = np.asarray(seeds)
+    if array.ndim != 1 or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"`seeds` must be a positive int or a list of ints, got {seeds!r}.")
+    return array
+
+
+def _chunk_plan(total: int, per_chunk: int) -> list[int]:
+    full, rest = divmod(total, per_chunk)
+    return [per_chunk] * full + ([rest] if rest else [])
+
+
+def train(
+    env: AbstractEnv | str,
+    agent_config: AgentConfig = AgentConfig(),
+    train_config: TrainConfig = TrainConfig(),
+    *,
+    seeds: int | Sequence[int] = 1,
+    progress: bool = True,
+    on_chunk: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train an OMD, MLE or VEP agent on a JAX environment, all seeds in one compiled run.
+
+    Each chunk of `evals_per_chunk` evaluation windows is one `jax.jit` call of a
+    `lax.scan`, `jax.vmap`ped over seeds: acting, environment steps, the replay buffer, one
+    update per step and the evaluations never leave the device.
+
+    **Arguments:**
+
+    - `env`: an [`omdx.envs.AbstractEnv`][] (e.g. `omdx.envs.make("CartPole-v1")`) or an
+        id that [`omdx.envs.make`][] knows. Discrete actions only.
+    - `agent_config`: the [`omdx.agents.AgentConfig`][] (which agent, networks, adjoint).
+    - `train_config`: the [`omdx.TrainConfig`][].
+    - `seeds`: a number of seeds (`0..n-1`) or a list of seeds; the same seed gives the
+        same run.
+    - `progress`: show a progress bar over environment steps.
+    - `on_chunk`: called after each chunk with a dict: `eval_steps` `[k]`, `eval_returns`
+        `[n_seeds, k]`, `metrics` (dict of `[n_seeds, k]`), for streaming to disk.
+
+    **Returns:**
+
+    An [`omdx.TrainResult`][].
+
+    **Raises:**
+
+    `FloatingPointError` as soon as a chunk produces a non-finite return or loss (after
+    `on_chunk` has received it), naming the seeds and the step.
+    """
+    if isinstance(env, str):
+        env = make(env)
+    if not isinstance(env, AbstractEnv):
+        raise TypeError(
+            "`env` must be an `omdx.envs.AbstractEnv` or an id known to `omdx.envs.make`, got "
+            f"{type(env).__name__}."
+        )
+    if env.num_actions is None:
+        raise ValueError("`env` has continuous actions; the OMD/MLE/VEP agents need discrete ones.")
+    if not isinstance(agent_config, AgentConfig):
+        raise TypeError(f"`agent_config` must be an `AgentConfig`, got {type(agent_config)}.")
+    if not isinstance(train_config, TrainConfig):
+        raise TypeError(f"`train_config` must be a `TrainConfig`, got {type(train_config)}.")
+    seed_array = _as_seeds(seeds)
+    runner = _Runner(env, agent_config, train_config)
+    keys = jax.vmap(jr.PRNGKey)(jnp.asarray(seed_array))
+    runs = eqx.filter_jit(eqx.filter_vmap(runner.init))(keys)
+
+    @eqx.filter_jit(donate="all")
+    def run_chunk(runs, start, iterations):
+        return eqx.filter_vmap(lambda run: runner.chunk(run, start, iterations))(runs)
+
+    total_evals = train_config.steps // train_config.eval_every
+    eval_steps, returns, metric_log = [], [], {}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=train_config.steps, unit="step", desc=f"{agent_config.agent} x{len(seed_array)}"
+        )
+    start = 0
+    for iterations in _chunk_plan(total_evals, train_config.evals_per_chunk):
+        runs, (chunk_returns, chunk_metrics) = run_chunk(runs, jnp.asarray(start), iterations)
+        chunk_returns = np.asarray(chunk_returns)
+        chunk_metrics = {k: np.asarray(v) for k, v in chunk_metrics.items()}
+        steps = start + train_config.eval_every * (1 + np.arange(iterations))
+        eval_steps.append(steps)
+        returns.append(chunk_returns)
+        for name, values in chunk_metrics.items():
+            metric_log.setdefault(name, []).append(values)
+        if on_chunk is not None:
+            on_chunk(
+                {
+                    "eval_steps": steps,
+                    "eval_returns": chunk_returns,
+                    "metrics": chunk_metrics,
+                    "seeds": seed_array,
+                }
+            )
+        start += iterations * train_config.eval_every
+        if bar is not None:
+            bar.update(iterations * train_config.eval_every)
+            bar.set_postfix(eval_return=f"{float(np.mean(chunk_returns[:, -1])):.1f}")
+        _check_finite(chunk_returns, chunk_metrics, seed_array, steps)
+    if bar is not None:
+        bar.close()
+    return TrainResult(
+        seeds=seed_array,
+        eval_steps=np.concatenate(eval_steps),
+        eval_returns=np.concatenate(returns, axis=1),
+        metrics={k: np.concatenate(v, axis=1) for k, v in metric_log.items()},
+        final_state=runs,
+    )
+
+
+def _check_finite(returns, metrics, seeds, steps):
+    checked = {
+        "eval_return": returns,
+        **{k: v for k, v in metrics.items() if k in ("model_loss", "q_real_loss", "q_model_loss")},
+    }
+    for name, values in checked.items():
+        bad = ~np.isfinite(values)
+        if bad.any():
+            seed_idx, step_idx = np.nonzero(bad)
+            raise FloatingPointError(
+                f"Training produced a non-finite `{name}` for seeds "
+                f"{sorted(set(seeds[seed_idx].tolist()))} by step {int(steps[step_idx.min()])}. "
+                "Lower the learning rates, or for the Neumann adjoint lower `adjoint_scale` "
+                "below 1/(largest Hessian eigenvalue)."
+            )

@@ -1,0 +1,155 @@
+"""Soft Q-learning losses, and the one seam where OMD, MLE and VEP differ: the model loss."""
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
+
+from .._transition import Transition
+from ._config import AgentConfig
+from ._networks import DoubleQ, DynamicsModel, ValueEnsemble
+
+
+def state_value(
+    q_values: Float[Array, "... 2 actions"], config: AgentConfig
+) -> Float[Array, "..."]:
+    r"""$V(s) = \alpha \log\sum_a \exp(\min(Q_1, Q_2)(s, a)/\alpha)$, or the hard max."""
+    q_min = jnp.min(q_values, axis=-2)
+    if config.soft:
+        return config.temperature * jax.nn.logsumexp(q_min / config.temperature, axis=-1)
+    return jnp.max(q_min, axis=-1)
+
+
+def bellman_loss(
+    q: DoubleQ,
+    q_target: DoubleQ,
+    observation: Float[Array, "batch obs"],
+    action,
+    reward: Float[Array, " batch"],
+    next_observation: Float[Array, "batch obs"],
+    terminated,
+    config: AgentConfig,
+) -> Scalar:
+    r"""Mean over the batch of $\frac12\sum_{i=1,2}(Q_i(s, a) - r - \gamma (1 - d) \bar V(s'))^2$.
+
+    The target uses the target network $\bar V$; it carries gradients with respect to
+    `reward` and `next_observation`, which is how OMD reaches the model.
+    """
+    q_values = jax.vmap(q)(observation)  # [B, 2, A]
+    q_taken = jnp.take_along_axis(q_values, action[:, None, None], axis=-1)[..., 0]  # [B, 2]
+    next_value = state_value(jax.vmap(q_target)(next_observation), config)
+    not_done = 1.0 - terminated.astype(reward.dtype)
+    target = reward + config.gamma * not_done * next_value
+    return 0.5 * jnp.mean(jnp.sum((q_taken - target[:, None]) ** 2, axis=-1))
+
+
+def real_bellman_loss(q: DoubleQ, q_target: DoubleQ, batch: Transition, config: AgentConfig):
+    """The Bellman loss on real transitions: OMD's outer objective."""
+    return bellman_loss(
+        q,
+        q_target,
+        batch.observation,
+        batch.action,
+        batch.reward,
+        batch.next_observation,
+        batch.terminated,
+        config,
+    )
+
+
+def model_transitions(model: DynamicsModel, batch: Transition, key: PRNGKeyArray):
+    """The model's $(\\hat s', \\hat r)$ at the real $(s, a)$ of the batch."""
+    keys = jr.split(key, batch.reward.shape[0])
+    return jax.vmap(model.sample)(batch.observation, batch.action, keys)
+
+
+def model_bellman_loss(q, q_target, model, batch: Transition, key, config: AgentConfig):
+    """The Bellman loss on model transitions (real $s, a$; model $\\hat r, \\hat s'$)."""
+    next_obs, reward = model_transitions(model, batch, key)
+    return bellman_loss(
+        q, q_target, batch.observation, batch.action, reward, next_obs, batch.terminated, config
+    )
+
+
+class ModelDataGradient(eqx.Module):
+    """The inner residual: $\\nabla_\\varphi$ of the model-data Bellman loss.
+
+    Everything differentiable travels in `args = (model, q_target, batch, key)`.
+    """
+
+    q_static: PyTree
+    config: AgentConfig = eqx.field(static=True)
+
+    def __call__(self, q_params, args):
+        model, q_target, batch, key = args
+
+        def loss(params):
+            q = eqx.combine(params, self.q_static)
+            return model_bellman_loss(q, q_target, model, batch, key, self.config)
+
+        return jax.grad(loss)(q_params)
+
+
+def prediction_errors(model: DynamicsModel, batch: Transition) -> tuple[Scalar, Scalar]:
+    """Mean squared error of the model's mean prediction of $s'$ and $r$ on real data."""
+    next_obs, reward = jax.vmap(model)(batch.observation, batch.action)
+    return (
+        jnp.mean(jnp.sum((next_obs - batch.next_observation) ** 2, axis=-1)),
+        jnp.mean((reward - batch.reward) ** 2),
+    )
+
+
+# --- the model losses ----------------------------------------------------------------------
+# Each is `(model, solve_q, state, batch, key, config) -> (loss, inner_solution or None)`:
+# `solve_q(model)` runs the inner problem (the Q update on model data) through
+# `omdx.solve_inner`. OMD differentiates through it; MLE and VEP do not use it, so their
+# Q update runs afterwards, on the updated model.
+
+ModelLoss = Callable[..., tuple[Scalar, Any]]
+
+
+def omd_model_loss(model, solve_q, state, batch, key, config):
+    """OMD: the real-data Bellman loss of the Q-network solved on the model's data."""
+    del key
+    solution = solve_q(model)
+    q = eqx.combine(solution.value, eqx.filter(state.q, eqx.is_inexact_array, inverse=True))
+    return real_bellman_loss(q, state.q_target, batch, config), solution
+
+
+def mle_model_loss(model, solve_q, state, batch, key, config):
+    """MLE: next-observation and reward MSE (Gaussian NLL for a Gaussian model)."""
+    del solve_q, state, key
+    next_obs, reward = jax.vmap(model)(batch.observation, batch.action)
+    if model.log_std is None:
+        loss = jnp.mean((next_obs - batch.next_observation) ** 2) + jnp.mean(
+            (reward - batch.reward) ** 2
+        )
+        return loss, None
+    mean = jnp.concatenate([next_obs, reward[:, None]], axis=-1)
+    target = jnp.concatenate([batch.next_observation, batch.reward[:, None]], axis=-1)
+    inv_var = jnp.exp(-2 * model.log_std)
+    nll = 0.5 * jnp.sum((mean - target) ** 2 * inv_var + 2 * model.log_std, axis=-1)
+    return jnp.mean(nll), None
+
+
+def vep_model_loss(model, solve_q, state, batch, key, config):
+    """VEP: fixed random value functions agree at predicted and real next states, plus the
+    reward MSE."""
+    del solve_q
+    ensemble: ValueEnsemble = state.value_ensemble
+    next_obs, reward = model_transitions(model, batch, key)
+    predicted = jax.vmap(ensemble)(next_obs)
+    real = jax.vmap(ensemble)(batch.next_observation)
+    value_loss = jnp.mean(jnp.sum((predicted - real) ** 2, axis=-1))
+    return value_loss + jnp.mean((reward - batch.reward) ** 2), None
+
+
+MODEL_LOSSES: dict[str, ModelLoss] = {
+    "omd": omd_model_loss,
+    "mle": mle_model_loss,
+    "vep": vep_model_loss,
+}

@@ -1,0 +1,166 @@
+"""The agent update, shared by OMD, MLE and VEP except for the model loss."""
+
+import dataclasses
+import functools as ft
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import lineax as lx
+import optax
+
+from .._adjoint import Damped, Neumann, truncated_cg
+from .._inner import solve_inner
+from .._solvers import GradientSteps
+from .._transition import Transition
+from ._config import AgentConfig
+from ._losses import (
+    model_bellman_loss,
+    MODEL_LOSSES,
+    ModelDataGradient,
+    prediction_errors,
+    real_bellman_loss,
+)
+from ._state import AgentState, inner_optimiser, model_optimiser
+
+
+def agent_adjoint(config: AgentConfig) -> lx.AbstractLinearSolver:
+    """The Lineax solver for OMD's backward pass, from the config's `adjoint` name."""
+    if config.adjoint == "identity":
+        return Neumann(0, config.adjoint_scale)
+    if config.adjoint == "neumann":
+        return Neumann(config.adjoint_steps, config.adjoint_scale)
+    if config.adjoint == "cg":
+        return truncated_cg(config.adjoint_steps, config.damping)
+    if config.adjoint == "gmres":
+        # rtol = atol = 0 with a step budget: a fixed-budget solve that reports success.
+        gmres = lx.GMRES(
+            rtol=0.0,
+            atol=0.0,
+            max_steps=config.adjoint_steps,
+            restart=min(20, config.adjoint_steps),
+            stagnation_iters=config.adjoint_steps + 1,
+        )
+        return Damped(gmres, config.damping)
+    return Damped(lx.LU(), config.damping)
+
+
+def _solve_q(model, state: AgentState, batch: Transition, key, config: AgentConfig):
+    """The inner problem: `inner_steps` optimiser steps on the model-data Bellman loss from
+    the current Q-network (warm start), with the persistent optimiser state."""
+    q_params, q_static = eqx.partition(state.q, eqx.is_inexact_array)
+    return solve_inner(
+        ModelDataGradient(q_static, config),
+        q_params,
+        (model, state.q_target, batch, key),
+        solver=GradientSteps(inner_optimiser(config), config.inner_steps),
+        adjoint=agent_adjoint(config),
+        symmetric=True,
+        max_steps=config.inner_steps,
+        throw=False,
+        options={"opt_state": state.q_opt_state},
+    )
+
+
+def _polyak(target, online, tau: float):
+    return jax.tree.map(
+        lambda t, o: (1 - tau) * t + tau * o if eqx.is_inexact_array(t) else t, target, online
+    )
+
+
+def _tree_norm(tree) -> jax.Array:
+    leaves = jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))
+    return jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in leaves))
+
+
+def agent_step(
+    state: AgentState, batch: Transition, config: AgentConfig
+) -> tuple[AgentState, dict[str, jax.Array]]:
+    """One update of the agent named by `config.agent`: a model step on its model loss,
+    then the Q-network's inner solve on model transitions, then the target update.
+
+    **Arguments:**
+
+    - `state`: the [`omdx.agents.AgentState`][].
+    - `batch`: a batch of real transitions ([`omdx.Transition`][] with a leading batch axis).
+    - `config`: the [`omdx.agents.AgentConfig`][].
+
+    **Returns:**
+
+    `(new_state, metrics)`, metrics a dict of scalars: `model_loss` (the loss the model
+    minimises), `model_error` and `reward_error` (MSE of the model's mean prediction of
+    $s'$ and $r$ on the real batch: the "likelihood" side), `q_model_loss` and `q_real_loss`
+    (Bellman losses of the new Q on model and real transitions), `model_grad_norm` (for OMD,
+    the implicit gradient's norm) and `inner_result` (the inner solve's Optimistix result
+    code; 0 is success).
+    """
+    model_loss_fn = MODEL_LOSSES[config.agent]
+    key, inner_key, model_key = jr.split(state.key, 3)
+    solve_q = ft.partial(_solve_q, state=state, batch=batch, key=inner_key, config=config)
+    model_params, model_static = eqx.partition(state.model, eqx.is_inexact_array)
+
+    def loss(params):
+        model = eqx.combine(params, model_static)
+        return model_loss_fn(model, solve_q, state, batch, model_key, config)
+
+    (model_loss, solution), grads = jax.value_and_grad(loss, has_aux=True)(model_params)
+    updates, model_opt_state = model_optimiser(config).update(
+        grads, state.model_opt_state, model_params
+    )
+    model = eqx.combine(optax.apply_updates(model_params, updates), model_static)
+    if solution is None:  # MLE / VEP: the Q-network learns on the updated model's data
+        solution = solve_q(model)
+    q_static = eqx.filter(state.q, eqx.is_inexact_array, inverse=True)
+    q = eqx.combine(jax.lax.stop_gradient(solution.value), q_static)
+    q_target = _polyak(state.q_target, q, config.target_update)
+
+    model_error, reward_error = prediction_errors(model, batch)
+    q_model_loss = model_bellman_loss(q, state.q_target, model, batch, inner_key, config)
+    metrics = {
+        "model_loss": model_loss,
+        "model_error": model_error,
+        "reward_error": reward_error,
+        "q_model_loss": q_model_loss,
+        "q_real_loss": real_bellman_loss(q, state.q_target, batch, config),
+        "model_grad_norm": _tree_norm(grads),
+        "inner_result": jnp.asarray(solution.result._value, jnp.int32),
+    }
+    new_state = AgentState(
+        q=q,
+        q_target=q_target,
+        q_opt_state=solution.state.opt_state,
+        model=model,
+        model_opt_state=model_opt_state,
+        value_ensemble=state.value_ensemble,
+        key=key,
+        updates=state.updates + 1,
+    )
+    return new_state, metrics
+
+
+def _step_for(agent: str):
+    def step(state: AgentState, batch: Transition, config: AgentConfig):
+        if config.agent != agent:
+            config = dataclasses.replace(config, agent=agent)
+        return agent_step(state, batch, config)
+
+    return step
+
+
+def omd_step(state: AgentState, batch: Transition, config: AgentConfig):
+    """An OMD update: the model descends the implicit gradient of the real-data Bellman loss
+    of the Q-network solved on its data. See [`omdx.agents.agent_step`][]."""
+    return _step_for("omd")(state, batch, config)
+
+
+def mle_step(state: AgentState, batch: Transition, config: AgentConfig):
+    """An MLE (Dyna) update: the model fits next observations and rewards, then the
+    Q-network learns on model data. See [`omdx.agents.agent_step`][]."""
+    return _step_for("mle")(state, batch, config)
+
+
+def vep_step(state: AgentState, batch: Transition, config: AgentConfig):
+    """A value-equivalence update: the model matches fixed random value functions at real vs
+    predicted next states, plus rewards. See [`omdx.agents.agent_step`][]."""
+    return _step_for("vep")(state, batch, config)
