@@ -18,6 +18,7 @@ from ._steps import (
     agent_adjoint as agent_adjoint,
     agent_step as agent_step,
     mle_step as mle_step,
+    model_gradient as model_gradient,
     omd_step as omd_step,
     vep_step as vep_step,
 )

@@ -44,6 +44,7 @@ class AgentConfig(eqx.Module):
     q_lr: float = eqx.field(static=True, default=3e-4)
     model_lr: float = eqx.field(static=True, default=1e-3)
     inner_steps: int = eqx.field(static=True, default=1)
+    q_weight_decay: float = eqx.field(static=True, default=0.0)
     inner_optimiser: str = eqx.field(static=True, default="adam")
     adjoint: str = eqx.field(static=True, default="identity")
     adjoint_steps: int = eqx.field(static=True, default=100)
@@ -86,6 +87,7 @@ class AgentConfig(eqx.Module):
         _check_number("model_lr", self.model_lr, low=0.0, low_open=True)
         _check_number("adjoint_scale", self.adjoint_scale, low=0.0, low_open=True)
         _check_number("damping", self.damping, low=0.0)
+        _check_number("q_weight_decay", self.q_weight_decay, low=0.0)
         if not isinstance(self.soft, bool):
             raise ValueError(f"`soft` must be a bool, got {self.soft!r}.")
 
@@ -109,6 +111,10 @@ AgentConfig.__init__.__doc__ = r"""**Arguments:**
 - `q_lr`: the inner optimiser's learning rate (Q-network).
 - `model_lr`: the model's Adam learning rate.
 - `inner_steps`: $K$, inner optimiser steps per update, from the warm start.
+- `q_weight_decay`: an L2 penalty $\frac{\mu}{2}\|\varphi\|^2$ added to the inner
+    (model-data) loss. ReLU networks are invariant to rescaling a hidden unit's input and
+    output weights, so without it the inner Hessian is singular at every solution and the
+    exact implicit gradient is ill-posed; a small $\mu$ makes it well-posed.
 - `inner_optimiser`: `"adam"` (persistent state across updates, as the paper) or `"sgd"`.
 - `adjoint`: OMD's backward pass: `"identity"` (the paper's default, Hessian $\approx I$
     scaled by `adjoint_scale`), `"neumann"` (`adjoint_steps` terms with step

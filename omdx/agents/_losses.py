@@ -89,7 +89,11 @@ class ModelDataGradient(eqx.Module):
 
         def loss(params):
             q = eqx.combine(params, self.q_static)
-            return model_bellman_loss(q, q_target, model, batch, key, self.config)
+            bellman = model_bellman_loss(q, q_target, model, batch, key, self.config)
+            if self.config.q_weight_decay == 0:
+                return bellman
+            squares = sum(jnp.sum(p**2) for p in jax.tree.leaves(params))
+            return bellman + 0.5 * self.config.q_weight_decay * squares
 
         return jax.grad(loss)(q_params)
 

@@ -74,8 +74,6 @@ def init_agent(key: PRNGKeyArray, spec: Any, config: AgentConfig) -> AgentState:
 
     An [`omdx.agents.AgentState`][].
     """
-    import jax.numpy as jnp
-
     if not isinstance(config, AgentConfig):
         raise TypeError(f"`config` must be an `omdx.AgentConfig`, got {type(config).__name__}.")
     obs_size = getattr(spec, "observation_size", None)
@@ -87,6 +85,16 @@ def init_agent(key: PRNGKeyArray, spec: Any, config: AgentConfig) -> AgentState:
             "`spec.num_actions` must be an int >= 2: the agents need discrete actions; got "
             f"{num_actions!r}."
         )
+    return _init_agent(key, EnvSpec(obs_size, num_actions), config)
+
+
+@eqx.filter_jit
+def _init_agent(key: PRNGKeyArray, spec: EnvSpec, config: AgentConfig) -> AgentState:
+    # Compiled once per (spec, config): eager orthogonal initialisation dispatches many
+    # small QR decompositions, each compiled separately, which is slow.
+    import jax.numpy as jnp
+
+    obs_size, num_actions = spec.observation_size, spec.num_actions
     q_key, model_key, vep_key, state_key = jr.split(key, 4)
     q = DoubleQ(q_key, obs_size, num_actions, config.q_hidden, config.q_depth)
     model = DynamicsModel(

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import lineax as lx
 import optax
+from jaxtyping import PRNGKeyArray
 
 from .._adjoint import Damped, Neumann, truncated_cg
 from .._inner import solve_inner
@@ -74,6 +75,44 @@ def _tree_norm(tree) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in leaves))
 
 
+def model_gradient(
+    state: AgentState,
+    batch: Transition,
+    config: AgentConfig,
+    inner_key: PRNGKeyArray,
+    model_key: PRNGKeyArray,
+):
+    """The model loss of `config.agent` and its gradient with respect to the model.
+
+    For OMD this is the implicit gradient of the real-data Bellman loss of the Q-network
+    obtained by [`omdx.solve_inner`][] on the model's data (with `config.adjoint`); for MLE
+    and VEP it is an ordinary gradient.
+
+    **Arguments:**
+
+    - `state`: the [`omdx.agents.AgentState`][].
+    - `batch`: a batch of real transitions.
+    - `config`: the [`omdx.agents.AgentConfig`][].
+    - `inner_key`: PRNG key for the inner problem (a Gaussian model's samples).
+    - `model_key`: PRNG key for the model loss's own samples (VEP).
+
+    **Returns:**
+
+    `(loss, gradient, solution)`: `gradient` has the structure of the model's arrays;
+    `solution` is the inner `optimistix.Solution` for OMD, `None` otherwise.
+    """
+    model_loss_fn = MODEL_LOSSES[config.agent]
+    solve_q = ft.partial(_solve_q, state=state, batch=batch, key=inner_key, config=config)
+    model_params, model_static = eqx.partition(state.model, eqx.is_inexact_array)
+
+    def loss(params):
+        model = eqx.combine(params, model_static)
+        return model_loss_fn(model, solve_q, state, batch, model_key, config)
+
+    (model_loss, solution), grads = jax.value_and_grad(loss, has_aux=True)(model_params)
+    return model_loss, grads, solution
+
+
 def agent_step(
     state: AgentState, batch: Transition, config: AgentConfig
 ) -> tuple[AgentState, dict[str, jax.Array]]:
@@ -95,22 +134,15 @@ def agent_step(
     the implicit gradient's norm) and `inner_result` (the inner solve's Optimistix result
     code; 0 is success).
     """
-    model_loss_fn = MODEL_LOSSES[config.agent]
     key, inner_key, model_key = jr.split(state.key, 3)
-    solve_q = ft.partial(_solve_q, state=state, batch=batch, key=inner_key, config=config)
+    model_loss, grads, solution = model_gradient(state, batch, config, inner_key, model_key)
     model_params, model_static = eqx.partition(state.model, eqx.is_inexact_array)
-
-    def loss(params):
-        model = eqx.combine(params, model_static)
-        return model_loss_fn(model, solve_q, state, batch, model_key, config)
-
-    (model_loss, solution), grads = jax.value_and_grad(loss, has_aux=True)(model_params)
     updates, model_opt_state = model_optimiser(config).update(
         grads, state.model_opt_state, model_params
     )
     model = eqx.combine(optax.apply_updates(model_params, updates), model_static)
     if solution is None:  # MLE / VEP: the Q-network learns on the updated model's data
-        solution = solve_q(model)
+        solution = _solve_q(model, state, batch, inner_key, config)
     q_static = eqx.filter(state.q, eqx.is_inexact_array, inverse=True)
     q = eqx.combine(jax.lax.stop_gradient(solution.value), q_static)
     q_target = _polyak(state.q_target, q, config.target_update)

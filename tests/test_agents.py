@@ -1,0 +1,195 @@
+"""Neural agents: implicit model gradients against finite differences, adjoint agreement,
+and the shared step."""
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optimistix as optx
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from omdx._transition import Transition
+from omdx.agents import (
+    AgentConfig,
+    EnvSpec,
+    init_agent,
+    mle_step,
+    model_gradient,
+    ModelDataGradient,
+    omd_step,
+    real_bellman_loss,
+    vep_step,
+)
+
+
+OBS, ACTIONS, BATCH = 3, 2, 48
+
+
+def make_batch(key, batch=BATCH):
+    k = jr.split(key, 5)
+    return Transition(
+        observation=jr.normal(k[0], (batch, OBS)),
+        action=jr.randint(k[1], (batch,), 0, ACTIONS),
+        reward=jr.normal(k[2], (batch,)),
+        next_observation=jr.normal(k[3], (batch, OBS)),
+        terminated=jr.uniform(k[4], (batch,)) < 0.1,
+    )
+
+
+SMALL = AgentConfig(
+    q_hidden=5, q_depth=1, model_hidden=4, model_depth=1, inner_optimiser="sgd", q_lr=1e-9,
+    adjoint="direct", damping=0.0, gamma=0.9, temperature=0.5, q_weight_decay=0.3,
+)
+
+
+def converged_state(key, config):
+    """An agent whose Q-network sits at the exact (Newton) root of the model-data loss."""
+    state_key, batch_key, inner_key = jr.split(key, 3)
+    state = init_agent(state_key, EnvSpec(OBS, ACTIONS), config)
+    batch = make_batch(batch_key)
+    q_params, q_static = eqx.partition(state.q, eqx.is_inexact_array)
+    residual = ModelDataGradient(q_static, config)
+
+    def solve(model, q0):
+        # With this much weight decay, Newton from the initial network converges in a few
+        # steps to a minimum with a positive definite Hessian (checked below).
+        args = (model, state.q_target, batch, inner_key)
+        return optx.root_find(residual, optx.Newton(rtol=1e-13, atol=1e-13), q0, args,
+                              max_steps=50).value
+
+    q_star = eqx.filter_jit(solve)(state.model, q_params)
+    state = dataclasses.replace(state, q=eqx.combine(q_star, q_static))
+    return state, batch, inner_key, solve, q_static
+
+
+def test_omd_direct_gradient_matches_finite_differences(getkey):
+    state, batch, inner_key, solve, q_static = converged_state(jr.PRNGKey(0), SMALL)
+    loss, grads, solution = model_gradient(state, batch, SMALL, inner_key, getkey())
+    assert int(solution.result._value) == 0
+    model_params, model_static = eqx.partition(state.model, eqx.is_inexact_array)
+    flat, unravel = ravel_pytree(model_params)
+    q0 = eqx.filter(state.q, eqx.is_inexact_array)
+
+    @eqx.filter_jit
+    def outer(flat_params):
+        model = eqx.combine(unravel(flat_params), model_static)
+        q = eqx.combine(solve(model, q0), q_static)
+        return real_bellman_loss(q, state.q_target, batch, SMALL)
+
+    assert np.isclose(outer(flat), loss, rtol=1e-10)
+    flat_grad, _ = ravel_pytree(grads)
+    eps = 1e-6
+    for _ in range(4):
+        direction = jr.normal(getkey(), flat.shape)
+        fd = (outer(flat + eps * direction) - outer(flat - eps * direction)) / (2 * eps)
+        assert np.isclose(jnp.dot(flat_grad, direction), fd, rtol=1e-6, atol=1e-9)
+
+
+def test_omd_adjoints_agree_at_the_converged_solution(getkey):
+    state, batch, inner_key, _, q_static = converged_state(jr.PRNGKey(0), SMALL)
+    model_key = getkey()
+    _, direct, _ = model_gradient(state, batch, SMALL, inner_key, model_key)
+    direct_flat, _ = ravel_pytree(direct)
+    # The Hessian at the root, to choose a convergent Neumann step size.
+    q_params = eqx.filter(state.q, eqx.is_inexact_array)
+    flat_q, unravel_q = ravel_pytree(q_params)
+    residual = ModelDataGradient(q_static, SMALL)
+    args = (state.model, state.q_target, batch, inner_key)
+    hessian = jax.jacfwd(lambda f: ravel_pytree(residual(unravel_q(f), args))[0])(flat_q)
+    eigenvalues = np.linalg.eigvalsh(np.asarray(hessian))
+    assert eigenvalues.min() > 0, "the test needs a strictly convex inner problem"
+    scale = 1.0 / eigenvalues.max()
+    steps = int(np.ceil(np.log(1e-12) / np.log(1 - scale * eigenvalues.min())))
+    neumann = dataclasses.replace(SMALL, adjoint="neumann", adjoint_steps=min(steps, 200_000),
+                                  adjoint_scale=float(scale))
+    cg = dataclasses.replace(SMALL, adjoint="cg", adjoint_steps=4 * flat_q.size)
+    for config in [neumann, cg]:
+        _, grads, _ = model_gradient(state, batch, config, inner_key, model_key)
+        flat, _ = ravel_pytree(grads)
+        assert np.allclose(flat, direct_flat, rtol=1e-6, atol=1e-9), config.adjoint
+
+    # Identity: (df/dphi)^{-1} ~ scale * I gives -(df/dtheta)^T (scale * dL_out/dphi).
+    identity = dataclasses.replace(SMALL, adjoint="identity", adjoint_scale=0.3)
+    _, grads, _ = model_gradient(state, batch, identity, inner_key, model_key)
+    out_grad = jax.grad(
+        lambda p: real_bellman_loss(eqx.combine(p, q_static), state.q_target, batch, SMALL)
+    )(q_params)
+    model_params, model_static = eqx.partition(state.model, eqx.is_inexact_array)
+    _, vjp = jax.vjp(
+        lambda m: residual(q_params, (eqx.combine(m, model_static),) + args[1:]), model_params
+    )
+    (closed_form,) = vjp(jax.tree.map(lambda g: -0.3 * g, out_grad))
+    assert np.allclose(ravel_pytree(grads)[0], ravel_pytree(closed_form)[0], rtol=1e-10)
+
+
+@pytest.mark.parametrize("step", [omd_step, mle_step, vep_step])
+def test_steps_are_pure_and_vmappable(step, getkey):
+    config = AgentConfig(q_hidden=8, model_hidden=8, vep_hidden=8)
+    keys = jr.split(getkey(), 3)
+    states = eqx.filter_vmap(lambda k: init_agent(k, EnvSpec(OBS, ACTIONS), config))(keys)
+    batches = jax.vmap(make_batch)(jr.split(getkey(), 3))
+    jitted = eqx.filter_jit(lambda s, b: step(s, b, config))
+    new_states, metrics = eqx.filter_jit(eqx.filter_vmap(lambda s, b: step(s, b, config)))(
+        states, batches
+    )
+    for i in range(3):
+        state_i = jax.tree.map(lambda x: x[i] if eqx.is_array(x) else x, states)
+        batch_i = jax.tree.map(lambda x: x[i], batches)
+        single, single_metrics = jitted(state_i, batch_i)
+        again, _ = jitted(state_i, batch_i)
+        assert bool(eqx.tree_equal(single, again))  # deterministic
+        batched_i = jax.tree.map(lambda x: x[i] if eqx.is_array(x) else x, new_states)
+        for a, b in zip(jax.tree.leaves(eqx.filter(single, eqx.is_inexact_array)),
+                        jax.tree.leaves(eqx.filter(batched_i, eqx.is_inexact_array))):
+            assert np.allclose(a, b, rtol=1e-9, atol=1e-12)
+        for name, value in single_metrics.items():
+            assert np.allclose(value, metrics[name][i], rtol=1e-9, atol=1e-12), name
+    assert set(metrics) >= {"model_loss", "model_error", "q_real_loss", "model_grad_norm",
+                            "inner_result"}
+    assert np.all(np.asarray(metrics["inner_result"]) == 0)
+
+
+def test_mle_step_fits_the_model(getkey):
+    config = AgentConfig(q_hidden=8, model_hidden=16, model_lr=1e-2)
+    state = init_agent(getkey(), EnvSpec(OBS, ACTIONS), config)
+    batch = make_batch(getkey())
+    batch = dataclasses.replace(batch, next_observation=0.5 * batch.observation,
+                                reward=batch.observation[:, 0])
+    step = eqx.filter_jit(lambda s: mle_step(s, batch, config))
+    state, first = step(state)
+    for _ in range(200):
+        state, metrics = step(state)
+    assert metrics["model_error"] < 0.2 * first["model_error"]
+
+
+def test_gaussian_model_and_hard_max(getkey):
+    config = AgentConfig(q_hidden=8, model_hidden=8, model_noise="gaussian", soft=False)
+    state = init_agent(getkey(), EnvSpec(OBS, ACTIONS), config)
+    assert state.model.log_std is not None
+    for step in (omd_step, mle_step):
+        new_state, metrics = eqx.filter_jit(lambda s, b: step(s, b, config))(
+            state, make_batch(getkey()))
+        assert all(np.isfinite(v) for v in metrics.values())
+
+
+def test_bad_agent_config_raises():
+    with pytest.raises(ValueError, match="`agent`"):
+        AgentConfig(agent="ppo")
+    with pytest.raises(ValueError, match="`adjoint`"):
+        AgentConfig(adjoint="lu")
+    with pytest.raises(ValueError, match="`q_hidden`"):
+        AgentConfig(q_hidden=0)
+    with pytest.raises(ValueError, match="`model_hidden`"):
+        AgentConfig(model_hidden=-3)
+    with pytest.raises(ValueError, match="`gamma`"):
+        AgentConfig(gamma=1.0)
+    with pytest.raises(ValueError, match="`model_lr`"):
+        AgentConfig(model_lr=0.0)
+    with pytest.raises(ValueError, match="`inner_steps`"):
+        AgentConfig(inner_steps=0)
+    with pytest.raises(ValueError, match="num_actions"):
+        init_agent(jr.PRNGKey(0), EnvSpec(3, 1), AgentConfig())
