@@ -123,3 +123,63 @@ def mean_and_interval(values: Sequence[float], confidence: float = 0.95) -> tupl
     t = t_975[n - 2] if n - 1 <= len(t_975) else 1.96
     half_width = t * float(x.std(ddof=1)) / math.sqrt(n)
     return mean, half_width
+
+
+class CsvAppender:
+    """Append rows to a CSV file as they arrive (the header is fixed by the first rows)."""
+
+    def __init__(self, path: str | pathlib.Path):
+        self.path = pathlib.Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.columns: list[str] | None = None
+
+    def append(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        if not rows:
+            return
+        if self.columns is None:
+            self.columns = list(rows[0])
+            with self.path.open("w", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.columns).writeheader()
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
+            for row in rows:
+                writer.writerow({k: _plain(v) for k, v in row.items()})
+
+
+def plot_curves(
+    path: str | pathlib.Path,
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    title: str = "",
+    xlabel: str = "environment steps",
+    ylabel: str = "evaluation return",
+    hline: float | None = None,
+) -> pathlib.Path:
+    """Plot mean and 95% interval over seeds of each labelled `(x [n], y [seeds, n])` curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, (x, y) in curves.items():
+        y = np.atleast_2d(np.asarray(y, dtype=np.float64))
+        stats = [mean_and_interval(y[:, i]) for i in range(y.shape[1])]
+        mean = np.array([m for m, _ in stats])
+        half = np.nan_to_num(np.array([h for _, h in stats]))
+        (line,) = ax.plot(x, mean, label=f"{label} (n={y.shape[0]})")
+        ax.fill_between(x, mean - half, mean + half, color=line.get_color(), alpha=0.2)
+    if hline is not None:
+        ax.axhline(hline, color="black", linestyle="--", linewidth=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,8 +1,233 @@
-"""The `omdx` console script: `omdx tabular ...`, `omdx train`, `omdx compare`, `omdx demo`."""
+"""The `omdx` console script.
+
+- `omdx demo`: the README's main job, OMD vs MLE on CartPole with a too-small model.
+- `omdx train`: one agent, many seeds, one compiled run; writes config, metrics, summary
+    and curves.
+- `omdx compare`: OMD, MLE and VEP on the same settings, with a table of final return and
+    area under the curve.
+- `omdx tabular {misspec,bounds,noise}`: the paper's tabular studies.
+"""
 
 import argparse
+import dataclasses
+import pathlib
 import sys
+import time
 from collections.abc import Sequence
+
+import numpy as np
+
+
+def _add_run_arguments(
+    parser: argparse.ArgumentParser, *, steps: int, seeds: int, model_hidden: int, out: str
+) -> None:
+    from .agents._config import AGENT_ADJOINTS
+
+    parser.add_argument("--env", default="CartPole-v1", help="environment id (omdx.envs.make)")
+    parser.add_argument("--seeds", type=int, default=seeds, help="number of seeds, vmapped")
+    parser.add_argument("--steps", type=int, default=steps, help="environment steps per seed")
+    parser.add_argument(
+        "--model-hidden",
+        type=int,
+        default=model_hidden,
+        help="hidden units per model layer (small = misspecified)",
+    )
+    parser.add_argument(
+        "--distractors", type=int, default=0, help="N(0, 1) dimensions appended to observations"
+    )
+    parser.add_argument("--adjoint", default="identity", choices=AGENT_ADJOINTS)
+    parser.add_argument("--adjoint-steps", type=int, default=100)
+    parser.add_argument("--adjoint-scale", type=float, default=1.0)
+    parser.add_argument("--damping", type=float, default=1e-5)
+    parser.add_argument("--inner-steps", type=int, default=1, help="K inner optimiser steps")
+    parser.add_argument("--q-lr", type=float, default=3e-4)
+    parser.add_argument("--model-lr", type=float, default=1e-3)
+    parser.add_argument("--q-hidden", type=int, default=32)
+    parser.add_argument("--gamma", type=float, default=0.99)
+    parser.add_argument("--temperature", type=float, default=0.01)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--random-steps", type=int, default=1000)
+    parser.add_argument("--eval-every", type=int, default=1000)
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--epsilon", type=float, default=0.1)
+    parser.add_argument("--evals-per-chunk", type=int, default=5)
+    parser.add_argument("--x64", action="store_true", help="run in float64 (the paper's)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--out", default=out, help="output directory")
+
+
+def _configs(args, agent: str):
+    from ._train import TrainConfig
+    from .agents._config import AgentConfig
+
+    agent_config = AgentConfig(
+        agent=agent,
+        q_hidden=args.q_hidden,
+        model_hidden=args.model_hidden,
+        gamma=args.gamma,
+        temperature=args.temperature,
+        q_lr=args.q_lr,
+        model_lr=args.model_lr,
+        inner_steps=args.inner_steps,
+        adjoint=args.adjoint,
+        adjoint_steps=args.adjoint_steps,
+        adjoint_scale=args.adjoint_scale,
+        damping=args.damping,
+    )
+    train_config = TrainConfig(
+        steps=args.steps,
+        random_steps=args.random_steps,
+        eval_every=args.eval_every,
+        eval_episodes=args.eval_episodes,
+        batch_size=args.batch_size,
+        epsilon=args.epsilon,
+        evals_per_chunk=args.evals_per_chunk,
+    )
+    return agent_config, train_config
+
+
+def _summary(result) -> dict:
+    from ._report import mean_and_interval
+
+    final = result.eval_returns[:, -1]
+    # Area under the curve: mean evaluation return over the run (trapezoid / length).
+    auc = (
+        np.trapezoid(result.eval_returns, result.eval_steps, axis=1)
+        / max(result.eval_steps[-1] - result.eval_steps[0], 1)
+        if result.eval_steps.size > 1
+        else result.eval_returns[:, 0]
+    )
+    final_mean, final_half = mean_and_interval(final)
+    auc_mean, auc_half = mean_and_interval(auc)
+    return {
+        "final_return_mean": final_mean,
+        "final_return_ci95": final_half,
+        "auc_mean": auc_mean,
+        "auc_ci95": auc_half,
+        "final_return_per_seed": final.tolist(),
+        "auc_per_seed": np.asarray(auc).tolist(),
+        "seeds": result.seeds.tolist(),
+        "final_model_error_mean": float(np.mean(result.metrics["model_error"][:, -1])),
+    }
+
+
+def run_agent(args, agent: str, out: pathlib.Path):
+    """Train one agent on the CLI's settings, streaming metrics to `out/metrics.csv`."""
+    import jax
+
+    from ._report import CsvAppender, plot_curves, write_json
+    from ._train import train
+    from .envs import make
+
+    if args.x64:
+        jax.config.update("jax_enable_x64", True)
+    agent_config, train_config = _configs(args, agent)
+    env = make(args.env, distractors=args.distractors)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(
+        out / "config.json",
+        {
+            "env": args.env,
+            "distractors": args.distractors,
+            "seeds": args.seeds,
+            "x64": args.x64,
+            "agent": dataclasses.asdict(agent_config),
+            "train": dataclasses.asdict(train_config),
+        },
+    )
+    csv = CsvAppender(out / "metrics.csv")
+
+    def on_chunk(chunk):
+        rows = []
+        for i, seed in enumerate(chunk["seeds"]):
+            for j, step in enumerate(chunk["eval_steps"]):
+                row = {
+                    "agent": agent,
+                    "seed": int(seed),
+                    "step": int(step),
+                    "eval_return": float(chunk["eval_returns"][i, j]),
+                }
+                row.update({k: float(v[i, j]) for k, v in chunk["metrics"].items()})
+                rows.append(row)
+        csv.append(rows)
+
+    start = time.perf_counter()
+    result = train(
+        env,
+        agent_config,
+        train_config,
+        seeds=args.seeds,
+        progress=not args.no_progress,
+        on_chunk=on_chunk,
+    )
+    seconds = time.perf_counter() - start
+    summary = _summary(result)
+    summary["wall_seconds"] = seconds
+    summary["env_steps_per_second"] = args.steps * args.seeds / seconds
+    write_json(out / "summary.json", summary)
+    plot_curves(
+        out / "curves.png",
+        {agent: (result.eval_steps, result.eval_returns)},
+        title=f"{agent} on {args.env} (model_hidden={args.model_hidden})",
+    )
+    return result, summary
+
+
+def _cmd_train(args) -> int:
+    out = pathlib.Path(args.out)
+    _, summary = run_agent(args, args.agent, out)
+    print(
+        f"{args.agent}: final return {summary['final_return_mean']:.1f} "
+        f"± {summary['final_return_ci95']:.1f}, AUC {summary['auc_mean']:.1f} "
+        f"± {summary['auc_ci95']:.1f} over {args.seeds} seeds "
+        f"({summary['wall_seconds']:.0f} s). Results in {out}/"
+    )
+    return 0
+
+
+def _pm(mean: float, half_width: float) -> str:
+    return f"{mean:.1f} ± {half_width:.1f}"
+
+
+def _compare(args, agents: Sequence[str], title: str) -> int:
+    from ._report import markdown_table, plot_curves
+
+    out = pathlib.Path(args.out)
+    curves, rows = {}, []
+    for agent in agents:
+        result, summary = run_agent(args, agent, out / agent)
+        curves[agent] = (result.eval_steps, result.eval_returns)
+        rows.append(
+            {
+                "agent": agent,
+                "final return": _pm(summary["final_return_mean"], summary["final_return_ci95"]),
+                "AUC": _pm(summary["auc_mean"], summary["auc_ci95"]),
+                "model error (MSE s')": summary["final_model_error_mean"],
+                "seconds": summary["wall_seconds"],
+            }
+        )
+    table = markdown_table(rows, precision=2)
+    header = (
+        f"{title}\n\n{args.env}, model_hidden={args.model_hidden}, "
+        f"distractors={args.distractors}, {args.steps} steps, {args.seeds} seeds, "
+        f"adjoint={args.adjoint}. Mean ± 95% interval over seeds.\n"
+    )
+    print(header)
+    print(table)
+    (out / "compare.md").write_text(header + "\n" + table + "\n")
+    plot = plot_curves(
+        out / "curves.png", curves, title=f"{args.env}, model_hidden={args.model_hidden}"
+    )
+    print(f"\nWrote {out / 'compare.md'} and {plot}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    return _compare(args, args.agents, "# OMD vs MLE vs VEP")
+
+
+def _cmd_demo(args) -> int:
+    return _compare(args, ["omd", "mle"], "# omdx demo: OMD vs MLE with a misspecified model")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -10,6 +235,23 @@ def build_parser() -> argparse.ArgumentParser:
         prog="omdx", description="Control-oriented model-based RL with implicit differentiation."
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
+
+    demo = subparsers.add_parser("demo", help="OMD vs MLE on CartPole with a too-small model")
+    _add_run_arguments(demo, steps=20_000, seeds=4, model_hidden=3, out="runs/demo")
+    demo.set_defaults(run=_cmd_demo)
+
+    train = subparsers.add_parser("train", help="train one agent over many seeds")
+    train.add_argument("--agent", default="omd", choices=("omd", "mle", "vep"))
+    _add_run_arguments(train, steps=200_000, seeds=10, model_hidden=32, out="runs/train")
+    train.set_defaults(run=_cmd_train)
+
+    compare = subparsers.add_parser("compare", help="OMD, MLE and VEP on the same settings")
+    compare.add_argument(
+        "--agents", nargs="+", default=["omd", "mle", "vep"], choices=("omd", "mle", "vep")
+    )
+    _add_run_arguments(compare, steps=200_000, seeds=10, model_hidden=32, out="runs/compare")
+    compare.set_defaults(run=_cmd_compare)
+
     from .tabular._cli import add_tabular_parser
 
     add_tabular_parser(subparsers)

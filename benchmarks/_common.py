@@ -1,0 +1,102 @@
+"""Shared helpers for the benchmarks: compiling, timing and compiled memory.
+
+Timings are honest wall-clock medians: every function is compiled ahead of time (so no
+compilation is timed), called once to warm up, and each call ends in
+`jax.block_until_ready`. Functions compared with each other are timed in alternation in
+the same process, so that drift in the machine's load hits them alike.
+"""
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import numpy as np
+
+
+MIB = 2.0**20
+
+
+@dataclass
+class Compiled:
+    """A function compiled once for fixed arguments, with its compiled memory statistics."""
+
+    name: str
+    call: Callable[[], Any]
+    temp_bytes: float
+    output_bytes: float
+
+
+def compile_fn(name: str, fn: Callable, *args) -> Compiled:
+    """`jax.jit(fn)` lowered and compiled for `args`; read XLA's memory analysis.
+
+    `temp_bytes` is the scratch memory XLA allocates for one call (activations, Krylov
+    vectors, a materialised Jacobian...), the part that differs between methods;
+    `output_bytes` is the size of the result. NaN where the backend does not report it.
+    """
+    compiled = jax.jit(fn).lower(*args).compile()
+    temp = output = float("nan")
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # some backends do not implement it
+        stats = None
+    if stats is not None:
+        temp = float(stats.temp_size_in_bytes)
+        output = float(stats.output_size_in_bytes)
+    return Compiled(name, lambda: compiled(*args), temp, output)
+
+
+def time_round_robin(
+    fns: Sequence[Callable[[], Any]], repeats: int, warmup: int = 1
+) -> list[list[float]]:
+    """Wall-clock seconds of `repeats` calls of each function, called in turn round by round.
+
+    Each function is called `warmup` times first. Results are blocked on, so the time
+    covers the computation and not just its dispatch. Calling every function once per
+    round means that drift in the machine's load hits them all alike; pair samples of
+    the same round to difference two functions.
+    """
+    for fn in fns:
+        for _ in range(warmup):
+            jax.block_until_ready(fn())
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            samples[i].append(time.perf_counter() - start)
+    return samples
+
+
+def median_difference(later: Sequence[float], earlier: Sequence[float]) -> float:
+    """Median of the paired differences `later[i] - earlier[i]`."""
+    return statistics.median(b - a for a, b in zip(earlier, later))
+
+
+def flat(tree) -> np.ndarray:
+    """Concatenate a PyTree's leaves into one float64 NumPy vector."""
+    leaves = jax.tree.leaves(tree)
+    return np.concatenate([np.asarray(x, dtype=np.float64).ravel() for x in leaves])
+
+
+def cosine_and_relative_error(grad, reference) -> tuple[float, float]:
+    """Cosine similarity and relative error ||g - g_ref|| / ||g_ref|| of two PyTrees."""
+    g, r = flat(grad), flat(reference)
+    r_norm = np.linalg.norm(r)
+    g_norm = np.linalg.norm(g)
+    cosine = float(g @ r / (g_norm * r_norm)) if g_norm > 0 and r_norm > 0 else float("nan")
+    return cosine, float(np.linalg.norm(g - r) / r_norm)
+
+
+def machine_description() -> str:
+    """A one-line description of where the benchmark ran."""
+    devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
+    cpu = platform.processor() or platform.machine()
+    return (
+        f"{jax.default_backend().upper()} ({devices}; {cpu}, {os.cpu_count()} cores), "
+        f"jax {jax.__version__}, Python {platform.python_version()}"
+    )

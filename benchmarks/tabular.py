@@ -1,0 +1,261 @@
+"""Tabular OMD: the whole grid in one compiled call vs a Python loop over configurations.
+
+For each of the paper's three tabular studies this script times
+
+- the grid form: `omdx.tabular.train` over every (method, bound or sigma, seed) as one
+  jitted, vmapped computation (compile time reported separately, measured on a one-chunk
+  warm-up call, since the step count is a runtime argument);
+- the loop form, the authors' way: a Python loop over configurations, each calling a jitted
+  single-configuration solver (the same `train` on a 1 x 1 x 1 grid, compiled once). The
+  loop is timed on an evenly spread subset of configurations and extrapolated.
+
+It writes `benchmarks/results/tabular.md` (the table, the paper-settings results and the
+DESIGN.md check) and the three study plots and CSVs under `benchmarks/results/`.
+
+    python benchmarks/tabular.py            # the paper's settings
+    python benchmarks/tabular.py --quick    # a small smoke run
+"""
+
+import argparse
+import math
+import pathlib
+import sys
+import time
+
+import jax
+
+
+jax.config.update("jax_enable_x64", True)
+
+import numpy as np  # noqa: E402
+
+from omdx import tabular  # noqa: E402
+from omdx._report import markdown_table, write_csv  # noqa: E402
+from omdx.tabular import _plots  # noqa: E402
+
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+
+
+def _time(fn):
+    start = time.perf_counter()
+    out = fn()
+    jax.block_until_ready(jax.tree.leaves(out))
+    return time.perf_counter() - start, out
+
+
+def bench_study(name, methods, grid_kwargs, steps, seeds, loop_subset, common):
+    """Time one study both ways; returns (row, result)."""
+    bounds = grid_kwargs.get("bounds", (math.inf,))
+    noises = grid_kwargs.get("noises", (0.0,))
+    mdp = tabular.polytope_mdp()
+    chunk = min(common["chunk"], steps)
+
+    def grid(n_steps):
+        return tabular.train(
+            mdp, methods=methods, seeds=seeds, steps=n_steps, **grid_kwargs, **common
+        )
+
+    compile_s, _ = _time(lambda: grid(chunk))
+    grid_s, result = _time(lambda: grid(steps))
+    configs = [
+        (m, b, n, s) for m in methods for b in bounds for n in noises for s in range(1, seeds + 1)
+    ]
+
+    def single(config, n_steps):
+        m, b, n, s = config
+        return tabular.train(
+            mdp, methods=(m,), seeds=[s], bounds=[b], noises=[n], steps=n_steps, **common
+        )
+
+    # One compilation per method (each is a different program).
+    loop_compile_s = 0.0
+    for m in methods:
+        c = next(cfg for cfg in configs if cfg[0] is m)
+        loop_compile_s += _time(lambda c=c: single(c, chunk))[0]
+    subset_idx = np.unique(np.linspace(0, len(configs) - 1, min(loop_subset, len(configs))))
+    subset = [configs[int(i)] for i in subset_idx.astype(int)]
+    loop_subset_s = sum(_time(lambda c=c: single(c, steps))[0] for c in subset)
+    loop_s = loop_subset_s * len(configs) / len(subset)
+    row = {
+        "study": name,
+        "configs": len(configs),
+        "steps": steps,
+        "grid compile (s)": compile_s,
+        "grid run (s)": grid_s,
+        "loop compile (s)": loop_compile_s,
+        "loop run (s)": loop_s,
+        "loop timed on": f"{len(subset)} of {len(configs)}"
+        + (" (extrapolated)" if len(subset) < len(configs) else ""),
+        "speed-up": loop_s / grid_s,
+    }
+    print(markdown_table([row], precision=2), flush=True)
+    return row, result
+
+
+def design_check(common):
+    """DESIGN.md section 3's numbers: 3000 steps, 5 seeds, b in (0.5, 1, 1.5, 3, 6)."""
+    bounds = (0.5, 1.0, 1.5, 3.0, 6.0)
+    rows, _ = tabular.misspecification_study(seeds=5, bounds=bounds, steps=3000, **common)
+    summary = tabular.summarise(rows, ("method", "bound"), ("J",))
+    design = {
+        ("OMD", 0.5): -0.54,
+        ("OMD", 1.0): -0.45,
+        ("OMD", 1.5): -0.16,
+        ("OMD", 3.0): 0.92,
+        ("OMD", 6.0): 1.0268,
+        ("MLE", 0.5): -0.83,
+        ("MLE", 1.0): -0.73,
+        ("MLE", 1.5): -0.52,
+        ("MLE", 3.0): 0.61,
+        ("MLE", 6.0): 1.0272,
+    }
+    out = []
+    for b in bounds:
+        entry = {"bound": b}
+        for method in ("OMD", "MLE"):
+            row = next(r for r in summary if r["method"] == method and r["bound"] == b)
+            entry[f"{method} J (ours)"] = row["J"]
+            entry[f"{method} J (DESIGN)"] = design[(method, b)]
+        out.append(entry)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small grids and budgets")
+    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--loop-subset", type=int, default=None, help="configs timed in the loop")
+    parser.add_argument("--studies", default="misspec,bounds,noise")
+    parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
+    parser.add_argument("--no-design-check", action="store_true")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    seeds = args.seeds or (3 if quick else 10)
+    steps = args.steps or (500 if quick else 10_000)
+    loop_subset = args.loop_subset or (2 if quick else 6)
+    bounds = tuple(np.linspace(0, 6, 5 if quick else 20).tolist())
+    sigmas = tuple(np.logspace(-3, 0.5, 4 if quick else 30).tolist())
+    common = dict(chunk=500, tol=1e-6)
+    out = args.out
+    studies = [s for s in args.studies.split(",") if s]
+    print(f"jax {jax.__version__}, {jax.devices()[0].platform}, float64", flush=True)
+
+    mdp = tabular.polytope_mdp()
+    j_star = tabular.optimal_return(mdp)
+    rows, sections = [], []
+    omd, mle = tabular.Method("omd"), tabular.Method("mle")
+    if "misspec" in studies:
+        row, _ = bench_study(
+            "OMD norm sweep (misspec, OMD only)",
+            (omd,),
+            {"bounds": bounds},
+            steps,
+            seeds,
+            loop_subset,
+            common,
+        )
+        rows.append(row)
+        row, result = bench_study(
+            "misspec (OMD + MLE)",
+            (omd, mle),
+            {"bounds": bounds},
+            steps,
+            seeds,
+            loop_subset,
+            common,
+        )
+        rows.append(row)
+        study_rows = tabular._studies._base_rows(result)
+        summary = tabular.summarise(study_rows, ("method", "bound"), ("J",))
+        write_csv(out / "tabular-misspec.csv", study_rows)
+        _plots.plot_misspecification(summary, out / "tabular-misspec.png", j_star)
+        sections.append(
+            (
+                "Expected return vs norm bound (misspec)",
+                "tabular-misspec.png",
+                summary,
+                ["method", "bound", "n", "J", "J_ci95"],
+            )
+        )
+    if "bounds" in studies:
+        omd_b = tabular.Method("omd", objective="bellman", label="OMD")
+        row, result = bench_study(
+            "bounds (OMD-Bellman + MLE)",
+            (omd_b, mle),
+            {"bounds": bounds},
+            steps,
+            seeds,
+            loop_subset,
+            common,
+        )
+        rows.append(row)
+        study_rows = tabular._studies.bounds_rows(mdp, result)
+        summary = tabular.summarise(
+            study_rows, ("method", "bound"), ("q_error", "omd_bound", "mle_bound")
+        )
+        write_csv(out / "tabular-bounds.csv", study_rows)
+        _plots.plot_bounds(summary, out / "tabular-bounds.png")
+        sections.append(
+            (
+                "Q error and error bounds (bounds)",
+                "tabular-bounds.png",
+                summary,
+                ["method", "bound", "n", "q_error", "omd_bound", "mle_bound"],
+            )
+        )
+    if "noise" in studies:
+        methods = tuple(
+            tabular.Method("omd", objective="bellman", adjoint=a, label=f"OMD ({a})")
+            for a in ("direct", "identity")
+        )
+        row, result = bench_study(
+            "noise (direct + identity)",
+            methods,
+            {"noises": sigmas},
+            steps,
+            seeds,
+            loop_subset,
+            common,
+        )
+        rows.append(row)
+        study_rows = tabular._studies._base_rows(result)
+        summary = tabular.summarise(study_rows, ("method", "sigma"), ("J", "bellman_error"))
+        write_csv(out / "tabular-noise.csv", study_rows)
+        _plots.plot_noise(summary, out / "tabular-noise.png", j_star)
+        sections.append(
+            (
+                "Return under noisy inner solutions (noise)",
+                "tabular-noise.png",
+                summary,
+                ["method", "sigma", "n", "J", "J_ci95", "bellman_error"],
+            )
+        )
+
+    lines = [
+        "# Tabular OMD benchmark",
+        "",
+        f"`python benchmarks/tabular.py{' --quick' if quick else ''}`: jax {jax.__version__}, "
+        f"CPU ({jax.device_count()} device), float64, {seeds} seeds, up to {steps} steps, "
+        "freezing tolerance 1e-6, inner solver Newton. Grid = one compiled, vmapped call; "
+        "loop = a Python loop over configurations, each a jitted single-configuration call "
+        "(timed on an evenly spread subset and extrapolated where marked). Run times exclude "
+        "compilation.",
+        "",
+        markdown_table(rows, precision=2),
+        "",
+    ]
+    if not args.no_design_check and not quick:
+        check = design_check(common)
+        lines += ["## DESIGN.md check (3000 steps, 5 seeds)", "", markdown_table(check), ""]
+    for title, png, summary, columns in sections:
+        lines += [f"## {title}", "", f"![{title}]({png})", "", markdown_table(summary, columns), ""]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tabular.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
