@@ -567,7 +567,7 @@ def write_results(rows, problems, args, out: pathlib.Path):
     ]
     for problem in problems:
         header += problem.notes + [""]
-    text = "\n".join(header) + markdown_table(rows, COLUMNS, precision=4) + "\n"
+    text = "\n".join(header) + "\n" + markdown_table(rows, COLUMNS, precision=4) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     write_csv(out.with_suffix(".csv"), rows)

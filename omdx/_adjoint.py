@@ -77,6 +77,10 @@ class Neumann(lx.AbstractLinearSolver[_NeumannState]):
             raise ValueError(
                 "`Neumann` needs a square operator (input and output structures equal)."
             )
+        if self.steps == 0:
+            # The identity approximation never touches the operator: don't linearise it
+            # (that would evaluate the residual's Jacobian machinery for nothing).
+            return operator
         # Linearise once so that the k products reuse one linearisation.
         return lx.linearise(operator)
 
@@ -99,7 +103,9 @@ class Neumann(lx.AbstractLinearSolver[_NeumannState]):
                 ax,
             )
 
-        solution = jax.lax.fori_loop(0, self.steps, horner, scaled_b)
+        solution = scaled_b
+        if self.steps > 0:
+            solution = jax.lax.fori_loop(0, self.steps, horner, scaled_b)
         solution = jtu.tree_map(lambda x: sign * x, solution)
         stats = {"num_steps": jnp.array(self.steps), "max_steps": self.steps}
         return solution, lx.RESULTS.successful, stats
@@ -155,8 +161,12 @@ class Damped(lx.AbstractLinearSolver):
             tags.add(lx.symmetric_tag)
         if lx.is_positive_semidefinite(operator):
             tags.add(lx.positive_semidefinite_tag)
-        identity = lx.IdentityLinearOperator(operator.in_structure())
-        damped = lx.linearise(operator) + self.damping * identity
+        structure = operator.in_structure()
+        identity = lx.IdentityLinearOperator(structure)
+        # Match the operator's dtype: a Python float under x64 would promote a float32
+        # operator to float64 and break Lineax's structure check.
+        dtype = jnp.result_type(*[s.dtype for s in jtu.tree_leaves(structure)])
+        damped = lx.linearise(operator) + jnp.asarray(self.damping, dtype) * identity
         return lx.TaggedLinearOperator(damped, frozenset(tags))
 
     def init(self, operator: lx.AbstractLinearOperator, options: dict[str, Any]):

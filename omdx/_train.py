@@ -6,6 +6,7 @@ one compiled call per chunk, vmapped over seeds, so that a progress bar advances
 stream out between chunks while the chunk itself runs without returning to Python.
 """
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -57,6 +58,32 @@ def filter_cond(pred, true_fn, false_fn, *operands):
         pred, lambda d: wrap(true_fn)(d)[0], lambda d: wrap(false_fn)(d)[0], dynamic
     )
     return eqx.combine(out_dynamic, out_static.value)
+
+
+@contextlib.contextmanager
+def errors_as_nan():
+    """Trace with Equinox's runtime errors turned into NaNs (`EQX_ON_ERROR=nan`).
+
+    Inside the compiled training loop, Equinox's runtime checks (Lineax always runs the
+    backward linear solve with `throw=True`) are host callbacks that cost about a
+    millisecond per update on CPU, and under `vmap` one failing seed would abort every
+    seed. As NaNs, a failure stays in its own seed and is reported by name after the chunk
+    (see `_check_finite`). Applies only to what is traced inside the context.
+    """
+    try:
+        from equinox import _errors
+    except ImportError:  # pragma: no cover - a future Equinox without this module
+        yield
+        return
+    previous = getattr(_errors, "EQX_ON_ERROR", None)
+    if previous is None:  # pragma: no cover
+        yield
+        return
+    _errors.EQX_ON_ERROR = "nan"
+    try:
+        yield
+    finally:
+        _errors.EQX_ON_ERROR = previous
 
 
 def _check_int(name, value, minimum):
@@ -302,6 +329,18 @@ class _Runner(eqx.Module):
         return filter_scan(self.iteration, run, starts)
 
 
+# Module-level and jitted on the runner, so that repeated `train` calls with the same
+# environment and configs (and number of seeds) reuse one compilation.
+@eqx.filter_jit
+def _init_runs(runner: _Runner, keys: PRNGKeyArray) -> RunState:
+    return eqx.filter_vmap(runner.init)(keys)
+
+
+@eqx.filter_jit(donate="all-except-first")
+def _run_chunk(runner: _Runner, runs: RunState, start: Int[Array, ""], iterations: int):
+    return eqx.filter_vmap(lambda run: runner.chunk(run, start, iterations))(runs)
+
+
 def _as_seeds(seeds) -> np.ndarray:
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         if seeds < 1:
@@ -370,11 +409,7 @@ def train(
     seed_array = _as_seeds(seeds)
     runner = _Runner(env, agent_config, train_config)
     keys = jax.vmap(jr.PRNGKey)(jnp.asarray(seed_array))
-    runs = eqx.filter_jit(eqx.filter_vmap(runner.init))(keys)
-
-    @eqx.filter_jit(donate="all")
-    def run_chunk(runs, start, iterations):
-        return eqx.filter_vmap(lambda run: runner.chunk(run, start, iterations))(runs)
+    runs = _init_runs(runner, keys)
 
     total_evals = train_config.steps // train_config.eval_every
     eval_steps, returns, metric_log = [], [], {}
@@ -387,7 +422,10 @@ def train(
         )
     start = 0
     for iterations in _chunk_plan(total_evals, train_config.evals_per_chunk):
-        runs, (chunk_returns, chunk_metrics) = run_chunk(runs, jnp.asarray(start), iterations)
+        with errors_as_nan():
+            runs, (chunk_returns, chunk_metrics) = _run_chunk(
+                runner, runs, jnp.asarray(start), iterations
+            )
         chunk_returns = np.asarray(chunk_returns)
         chunk_metrics = {k: np.asarray(v) for k, v in chunk_metrics.items()}
         steps = start + train_config.eval_every * (1 + np.arange(iterations))

@@ -15,11 +15,12 @@ from jax.flatten_util import ravel_pytree
 from omdx._transition import Transition
 from omdx.agents import (
     AgentConfig,
+    BellmanRegressionGradient,
     EnvSpec,
     init_agent,
     mle_step,
     model_gradient,
-    ModelDataGradient,
+    model_targets,
     omd_step,
     real_bellman_loss,
     vep_step,
@@ -41,8 +42,17 @@ def make_batch(key, batch=BATCH):
 
 
 SMALL = AgentConfig(
-    q_hidden=5, q_depth=1, model_hidden=4, model_depth=1, inner_optimiser="sgd", q_lr=1e-9,
-    adjoint="direct", damping=0.0, gamma=0.9, temperature=0.5, q_weight_decay=0.3,
+    q_hidden=5,
+    q_depth=1,
+    model_hidden=4,
+    model_depth=1,
+    inner_optimiser="sgd",
+    q_lr=1e-9,
+    adjoint="direct",
+    damping=0.0,
+    gamma=0.9,
+    temperature=0.5,
+    q_weight_decay=0.3,
 )
 
 
@@ -52,14 +62,16 @@ def converged_state(key, config):
     state = init_agent(state_key, EnvSpec(OBS, ACTIONS), config)
     batch = make_batch(batch_key)
     q_params, q_static = eqx.partition(state.q, eqx.is_inexact_array)
-    residual = ModelDataGradient(q_static, config)
+    residual = BellmanRegressionGradient(q_static, config)
 
     def solve(model, q0):
         # With this much weight decay, Newton from the initial network converges in a few
         # steps to a minimum with a positive definite Hessian (checked below).
-        args = (model, state.q_target, batch, inner_key)
-        return optx.root_find(residual, optx.Newton(rtol=1e-13, atol=1e-13), q0, args,
-                              max_steps=50).value
+        targets = model_targets(model, state.q_target, batch, inner_key, config)
+        args = (targets, batch.observation, batch.action)
+        return optx.root_find(
+            residual, optx.Newton(rtol=1e-13, atol=1e-13), q0, args, has_aux=True, max_steps=50
+        ).value
 
     q_star = eqx.filter_jit(solve)(state.model, q_params)
     state = dataclasses.replace(state, q=eqx.combine(q_star, q_static))
@@ -97,15 +109,21 @@ def test_omd_adjoints_agree_at_the_converged_solution(getkey):
     # The Hessian at the root, to choose a convergent Neumann step size.
     q_params = eqx.filter(state.q, eqx.is_inexact_array)
     flat_q, unravel_q = ravel_pytree(q_params)
-    residual = ModelDataGradient(q_static, SMALL)
-    args = (state.model, state.q_target, batch, inner_key)
-    hessian = jax.jacfwd(lambda f: ravel_pytree(residual(unravel_q(f), args))[0])(flat_q)
+    residual = BellmanRegressionGradient(q_static, SMALL)
+
+    def args_of(model):
+        targets = model_targets(model, state.q_target, batch, inner_key, SMALL)
+        return (targets, batch.observation, batch.action)
+
+    args = args_of(state.model)
+    hessian = jax.jacfwd(lambda f: ravel_pytree(residual(unravel_q(f), args)[0])[0])(flat_q)
     eigenvalues = np.linalg.eigvalsh(np.asarray(hessian))
     assert eigenvalues.min() > 0, "the test needs a strictly convex inner problem"
     scale = 1.0 / eigenvalues.max()
     steps = int(np.ceil(np.log(1e-12) / np.log(1 - scale * eigenvalues.min())))
-    neumann = dataclasses.replace(SMALL, adjoint="neumann", adjoint_steps=min(steps, 200_000),
-                                  adjoint_scale=float(scale))
+    neumann = dataclasses.replace(
+        SMALL, adjoint="neumann", adjoint_steps=min(steps, 200_000), adjoint_scale=float(scale)
+    )
     cg = dataclasses.replace(SMALL, adjoint="cg", adjoint_steps=4 * flat_q.size)
     for config in [neumann, cg]:
         _, grads, _ = model_gradient(state, batch, config, inner_key, model_key)
@@ -120,7 +138,7 @@ def test_omd_adjoints_agree_at_the_converged_solution(getkey):
     )(q_params)
     model_params, model_static = eqx.partition(state.model, eqx.is_inexact_array)
     _, vjp = jax.vjp(
-        lambda m: residual(q_params, (eqx.combine(m, model_static),) + args[1:]), model_params
+        lambda m: residual(q_params, args_of(eqx.combine(m, model_static)))[0], model_params
     )
     (closed_form,) = vjp(jax.tree.map(lambda g: -0.3 * g, out_grad))
     assert np.allclose(ravel_pytree(grads)[0], ravel_pytree(closed_form)[0], rtol=1e-10)
@@ -143,13 +161,20 @@ def test_steps_are_pure_and_vmappable(step, getkey):
         again, _ = jitted(state_i, batch_i)
         assert bool(eqx.tree_equal(single, again))  # deterministic
         batched_i = jax.tree.map(lambda x: x[i] if eqx.is_array(x) else x, new_states)
-        for a, b in zip(jax.tree.leaves(eqx.filter(single, eqx.is_inexact_array)),
-                        jax.tree.leaves(eqx.filter(batched_i, eqx.is_inexact_array))):
+        for a, b in zip(
+            jax.tree.leaves(eqx.filter(single, eqx.is_inexact_array)),
+            jax.tree.leaves(eqx.filter(batched_i, eqx.is_inexact_array)),
+        ):
             assert np.allclose(a, b, rtol=1e-9, atol=1e-12)
         for name, value in single_metrics.items():
             assert np.allclose(value, metrics[name][i], rtol=1e-9, atol=1e-12), name
-    assert set(metrics) >= {"model_loss", "model_error", "q_real_loss", "model_grad_norm",
-                            "inner_result"}
+    assert set(metrics) >= {
+        "model_loss",
+        "model_error",
+        "q_real_loss",
+        "model_grad_norm",
+        "inner_result",
+    }
     assert np.all(np.asarray(metrics["inner_result"]) == 0)
 
 
@@ -157,8 +182,9 @@ def test_mle_step_fits_the_model(getkey):
     config = AgentConfig(q_hidden=8, model_hidden=16, model_lr=1e-2)
     state = init_agent(getkey(), EnvSpec(OBS, ACTIONS), config)
     batch = make_batch(getkey())
-    batch = dataclasses.replace(batch, next_observation=0.5 * batch.observation,
-                                reward=batch.observation[:, 0])
+    batch = dataclasses.replace(
+        batch, next_observation=0.5 * batch.observation, reward=batch.observation[:, 0]
+    )
     step = eqx.filter_jit(lambda s: mle_step(s, batch, config))
     state, first = step(state)
     for _ in range(200):
@@ -172,7 +198,8 @@ def test_gaussian_model_and_hard_max(getkey):
     assert state.model.log_std is not None
     for step in (omd_step, mle_step):
         new_state, metrics = eqx.filter_jit(lambda s, b: step(s, b, config))(
-            state, make_batch(getkey()))
+            state, make_batch(getkey())
+        )
         assert all(np.isfinite(v) for v in metrics.values())
 
 

@@ -3,8 +3,11 @@
 from ._config import AgentConfig as AgentConfig
 from ._losses import (
     bellman_loss as bellman_loss,
-    ModelDataGradient as ModelDataGradient,
+    bellman_targets as bellman_targets,
+    BellmanRegressionGradient as BellmanRegressionGradient,
+    model_targets as model_targets,
     real_bellman_loss as real_bellman_loss,
+    regression_loss as regression_loss,
     state_value as state_value,
 )
 from ._networks import (

@@ -7,7 +7,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree, Scalar
 
 from .._transition import Transition
 from ._config import AgentConfig
@@ -24,27 +24,48 @@ def state_value(
     return jnp.max(q_min, axis=-1)
 
 
+def bellman_targets(
+    q_target: DoubleQ,
+    reward: Float[Array, " batch"],
+    next_observation: Float[Array, "batch obs"],
+    terminated: Bool[Array, " batch"],
+    config: AgentConfig,
+) -> Float[Array, " batch"]:
+    r"""Soft Bellman targets $y = r + \gamma (1 - d) \bar V(s')$ from the target network.
+
+    They carry gradients with respect to `reward` and `next_observation`: this is the only
+    way the model reaches the Q-function, so OMD's implicit gradient flows through them.
+    """
+    next_value = state_value(jax.vmap(q_target)(next_observation), config)
+    not_done = 1.0 - terminated.astype(reward.dtype)
+    return reward + config.gamma * not_done * next_value
+
+
+def regression_loss(
+    q: DoubleQ,
+    observation: Float[Array, "batch obs"],
+    action: Int[Array, " batch"],
+    targets: Float[Array, " batch"],
+) -> Scalar:
+    r"""Mean over the batch of $\frac12\sum_{i=1,2}(Q_i(s, a) - y)^2$."""
+    q_values = jax.vmap(q)(observation)  # [B, 2, A]
+    q_taken = jnp.take_along_axis(q_values, action[:, None, None], axis=-1)[..., 0]  # [B, 2]
+    return 0.5 * jnp.mean(jnp.sum((q_taken - targets[:, None]) ** 2, axis=-1))
+
+
 def bellman_loss(
     q: DoubleQ,
     q_target: DoubleQ,
     observation: Float[Array, "batch obs"],
-    action,
+    action: Int[Array, " batch"],
     reward: Float[Array, " batch"],
     next_observation: Float[Array, "batch obs"],
-    terminated,
+    terminated: Bool[Array, " batch"],
     config: AgentConfig,
 ) -> Scalar:
-    r"""Mean over the batch of $\frac12\sum_{i=1,2}(Q_i(s, a) - r - \gamma (1 - d) \bar V(s'))^2$.
-
-    The target uses the target network $\bar V$; it carries gradients with respect to
-    `reward` and `next_observation`, which is how OMD reaches the model.
-    """
-    q_values = jax.vmap(q)(observation)  # [B, 2, A]
-    q_taken = jnp.take_along_axis(q_values, action[:, None, None], axis=-1)[..., 0]  # [B, 2]
-    next_value = state_value(jax.vmap(q_target)(next_observation), config)
-    not_done = 1.0 - terminated.astype(reward.dtype)
-    target = reward + config.gamma * not_done * next_value
-    return 0.5 * jnp.mean(jnp.sum((q_taken - target[:, None]) ** 2, axis=-1))
+    r"""The Bellman loss: `regression_loss` onto `bellman_targets`."""
+    targets = bellman_targets(q_target, reward, next_observation, terminated, config)
+    return regression_loss(q, observation, action, targets)
 
 
 def real_bellman_loss(q: DoubleQ, q_target: DoubleQ, batch: Transition, config: AgentConfig):
@@ -62,40 +83,58 @@ def real_bellman_loss(q: DoubleQ, q_target: DoubleQ, batch: Transition, config: 
 
 
 def model_transitions(model: DynamicsModel, batch: Transition, key: PRNGKeyArray):
-    """The model's $(\\hat s', \\hat r)$ at the real $(s, a)$ of the batch."""
+    r"""The model's $(\hat s', \hat r)$ at the real $(s, a)$ of the batch."""
     keys = jr.split(key, batch.reward.shape[0])
     return jax.vmap(model.sample)(batch.observation, batch.action, keys)
 
 
-def model_bellman_loss(q, q_target, model, batch: Transition, key, config: AgentConfig):
-    """The Bellman loss on model transitions (real $s, a$; model $\\hat r, \\hat s'$)."""
+def model_targets(
+    model: DynamicsModel,
+    q_target: DoubleQ,
+    batch: Transition,
+    key: PRNGKeyArray,
+    config: AgentConfig,
+) -> Float[Array, " batch"]:
+    r"""Bellman targets on model transitions: real $(s, a)$, model $(\hat r, \hat s')$, real
+    termination flags."""
     next_obs, reward = model_transitions(model, batch, key)
-    return bellman_loss(
-        q, q_target, batch.observation, batch.action, reward, next_obs, batch.terminated, config
+    return bellman_targets(q_target, reward, next_obs, batch.terminated, config)
+
+
+def model_bellman_loss(q, q_target, model, batch: Transition, key, config: AgentConfig):
+    r"""The Bellman loss on model transitions (real $s, a$; model $\hat r, \hat s'$)."""
+    return regression_loss(
+        q, batch.observation, batch.action, model_targets(model, q_target, batch, key, config)
     )
 
 
-class ModelDataGradient(eqx.Module):
-    """The inner residual: $\\nabla_\\varphi$ of the model-data Bellman loss.
+class BellmanRegressionGradient(eqx.Module):
+    r"""The inner residual: $\nabla_\varphi$ of the Bellman regression loss onto targets $y$.
 
-    Everything differentiable travels in `args = (model, q_target, batch, key)`.
+    `args = (targets, observation, action)`. The model enters only through the targets
+    (computed by [`omdx.agents.model_targets`][] outside the solve), so the implicit
+    gradient's mixed derivative $\partial_y \nabla_\varphi L$ costs one backward pass of
+    the Q-network instead of a second-order pass through the model and target network.
+    With `config.q_weight_decay` $= \mu > 0$ the loss has $\frac{\mu}{2}\|\varphi\|^2$
+    added. Returns `(gradient, loss)`: use it with `has_aux=True`.
     """
 
     q_static: PyTree
     config: AgentConfig = eqx.field(static=True)
 
     def __call__(self, q_params, args):
-        model, q_target, batch, key = args
+        targets, observation, action = args
 
         def loss(params):
             q = eqx.combine(params, self.q_static)
-            bellman = model_bellman_loss(q, q_target, model, batch, key, self.config)
+            value = regression_loss(q, observation, action, targets)
             if self.config.q_weight_decay == 0:
-                return bellman
+                return value
             squares = sum(jnp.sum(p**2) for p in jax.tree.leaves(params))
-            return bellman + 0.5 * self.config.q_weight_decay * squares
+            return value + 0.5 * self.config.q_weight_decay * squares
 
-        return jax.grad(loss)(q_params)
+        value, gradient = jax.value_and_grad(loss)(q_params)
+        return gradient, value
 
 
 def prediction_errors(model: DynamicsModel, batch: Transition) -> tuple[Scalar, Scalar]:

@@ -17,9 +17,9 @@ from .._solvers import GradientSteps
 from .._transition import Transition
 from ._config import AgentConfig
 from ._losses import (
-    model_bellman_loss,
+    BellmanRegressionGradient,
     MODEL_LOSSES,
-    ModelDataGradient,
+    model_targets,
     prediction_errors,
     real_bellman_loss,
 )
@@ -51,13 +51,15 @@ def _solve_q(model, state: AgentState, batch: Transition, key, config: AgentConf
     """The inner problem: `inner_steps` optimiser steps on the model-data Bellman loss from
     the current Q-network (warm start), with the persistent optimiser state."""
     q_params, q_static = eqx.partition(state.q, eqx.is_inexact_array)
+    targets = model_targets(model, state.q_target, batch, key, config)
     return solve_inner(
-        ModelDataGradient(q_static, config),
+        BellmanRegressionGradient(q_static, config),
         q_params,
-        (model, state.q_target, batch, key),
+        (targets, batch.observation, batch.action),
         solver=GradientSteps(inner_optimiser(config), config.inner_steps),
         adjoint=agent_adjoint(config),
         symmetric=True,
+        has_aux=True,
         max_steps=config.inner_steps,
         throw=False,
         options={"opt_state": state.q_opt_state},
@@ -130,7 +132,8 @@ def agent_step(
     `(new_state, metrics)`, metrics a dict of scalars: `model_loss` (the loss the model
     minimises), `model_error` and `reward_error` (MSE of the model's mean prediction of
     $s'$ and $r$ on the real batch: the "likelihood" side), `q_model_loss` and `q_real_loss`
-    (Bellman losses of the new Q on model and real transitions), `model_grad_norm` (for OMD,
+    (the Bellman loss on model transitions before the inner step, and on real transitions
+    after it), `model_grad_norm` (for OMD,
     the implicit gradient's norm) and `inner_result` (the inner solve's Optimistix result
     code; 0 is success).
     """
@@ -148,13 +151,16 @@ def agent_step(
     q_target = _polyak(state.q_target, q, config.target_update)
 
     model_error, reward_error = prediction_errors(model, batch)
-    q_model_loss = model_bellman_loss(q, state.q_target, model, batch, inner_key, config)
+    if config.agent == "omd":  # the model loss is the real-data loss of the new Q
+        q_real_loss = model_loss
+    else:
+        q_real_loss = real_bellman_loss(q, state.q_target, batch, config)
     metrics = {
         "model_loss": model_loss,
         "model_error": model_error,
         "reward_error": reward_error,
-        "q_model_loss": q_model_loss,
-        "q_real_loss": real_bellman_loss(q, state.q_target, batch, config),
+        "q_model_loss": solution.aux,
+        "q_real_loss": q_real_loss,
         "model_grad_norm": _tree_norm(grads),
         "inner_result": jnp.asarray(solution.result._value, jnp.int32),
     }
