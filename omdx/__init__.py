@@ -25,6 +25,7 @@ from ._train import (
     evaluate as evaluate,
     RunState as RunState,
     train as train,
+    train_host as train_host,
     TrainConfig as TrainConfig,
     TrainResult as TrainResult,
 )

@@ -473,3 +473,145 @@ def _check_finite(returns, metrics, seeds, steps):
                 "Lower the learning rates, or for the Neumann adjoint lower `adjoint_scale` "
                 "below 1/(largest Hessian eigenvalue)."
             )
+
+
+def train_host(
+    env: Any,
+    agent_config: AgentConfig = AgentConfig(),
+    train_config: TrainConfig = TrainConfig(),
+    *,
+    seed: int = 0,
+    progress: bool = True,
+) -> TrainResult:
+    """Train an agent on any `gymnasium.Env`, stepped in Python; acting and updates jitted.
+
+    The same agent steps as [`omdx.train`][], for environments that are not written in JAX
+    (MuJoCo through the `mujoco` package, Atari, your own): each environment step is a
+    Python call, each update one jitted call. One seed per call.
+
+    **Arguments:**
+
+    - `env`: an [`omdx.envs.HostEnv`][] or a gymnasium id (discrete actions).
+    - `agent_config`, `train_config`: as for [`omdx.train`][].
+    - `seed`: seeds the agent, the environment resets and the evaluation episodes.
+    - `progress`: show a progress bar.
+
+    **Returns:**
+
+    An [`omdx.TrainResult`][] with one seed; `final_state.env_state` is `None`.
+    """
+    from .envs import HostEnv
+
+    if isinstance(env, str):
+        env = HostEnv(env)
+    if not isinstance(env, HostEnv):
+        raise TypeError(f"`env` must be an `omdx.envs.HostEnv` or an id, got {type(env)}.")
+    if env.num_actions is None:
+        raise ValueError("`env` has continuous actions; the OMD/MLE/VEP agents need discrete ones.")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"`seed` must be an int, got {seed!r}.")
+    tc = train_config
+    spec = getattr(env.env, "spec", None)
+    if spec is not None:  # a separate instance, so evaluation does not cut training episodes
+        eval_env = HostEnv(
+            spec.id, distractors=env.distractors, max_episode_steps=env.max_episode_steps
+        )
+    else:
+        eval_env = env
+    key = jr.PRNGKey(seed)
+    agent_key, key = jr.split(key)
+    agent = init_agent(agent_key, env, agent_config)
+    observation = env.reset(seed=seed)
+    example = Transition(
+        jnp.asarray(observation),
+        jnp.array(0, jnp.int32),
+        jnp.zeros((), jnp.asarray(observation).dtype),
+        jnp.asarray(observation),
+        jnp.array(False),
+    )
+    buffer = buffer_init(tc.capacity, example)
+
+    act = eqx.filter_jit(
+        lambda a, o, k, p: select_action(
+            a, o, k, env.num_actions, explore_probability=p, config=agent_config
+        )
+    )
+    greedy = eqx.filter_jit(lambda a, o: jnp.argmax(jnp.min(a.q(o), axis=0)))
+    add = eqx.filter_jit(buffer_add)
+
+    @eqx.filter_jit
+    def update(agent, buffer, key):
+        return agent_step(agent, buffer_sample(buffer, key, tc.batch_size), agent_config)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=tc.steps, unit="step", desc=f"{agent_config.agent} (host)")
+    returns, window, log = [], [], {}
+    episode = 0
+    with errors_as_nan():
+        for t in range(tc.steps):
+            key, act_key, update_key = jr.split(key, 3)
+            explore = 1.0 if t < tc.random_steps else tc.epsilon
+            action = int(act(agent, jnp.asarray(observation), act_key, explore))
+            step = env.step(action)
+            buffer = add(
+                buffer,
+                Transition(
+                    jnp.asarray(observation),
+                    jnp.array(action, jnp.int32),
+                    jnp.asarray(step.reward),
+                    jnp.asarray(step.next_observation),
+                    jnp.asarray(step.terminated),
+                ),
+            )
+            observation = step.observation
+            if t >= tc.learning_starts:
+                agent, metrics = update(agent, buffer, update_key)
+                window.append(metrics)
+            if (t + 1) % tc.eval_every == 0:
+                total = 0.0
+                for _ in range(tc.eval_episodes):
+                    episode += 1
+                    obs, done, steps = eval_env.reset(seed=seed * 1_000_003 + episode), False, 0
+                    while not done and steps < env.max_episode_steps:
+                        result = eval_env.step(int(greedy(agent, jnp.asarray(obs))))
+                        total += float(result.reward)
+                        done = bool(result.terminated or result.truncated)
+                        obs, steps = result.next_observation, steps + 1
+                returns.append(total / tc.eval_episodes)
+                if eval_env is env:  # evaluation used the training instance: start afresh
+                    observation = env.reset(seed=seed * 1_000_003 + episode + 1)
+                names = window[0].keys() if window else []
+                for name in names:
+                    values = np.array([float(m[name]) for m in window])
+                    log.setdefault(name, []).append(
+                        values.max() if name == "inner_result" else values.mean()
+                    )
+                window = []
+                if bar is not None:
+                    bar.set_postfix(eval_return=f"{returns[-1]:.1f}")
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    eval_steps = tc.eval_every * (1 + np.arange(len(returns)))
+    n = len(returns)
+    metrics = {
+        k: np.asarray([np.concatenate([np.full(n - len(v), np.nan), v])]) for k, v in log.items()
+    }
+    result = TrainResult(
+        seeds=np.array([seed]),
+        eval_steps=eval_steps,
+        eval_returns=np.asarray([returns]),
+        metrics=metrics,
+        final_state=RunState(agent, None, jnp.asarray(observation), buffer, key),
+    )
+    _check_finite(
+        result.eval_returns,
+        {k: np.nan_to_num(v, nan=0.0) for k, v in metrics.items()},
+        result.seeds,
+        eval_steps,
+    )
+    return result

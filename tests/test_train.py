@@ -71,3 +71,13 @@ def test_bad_configuration_raises_before_training(cartpole):
         omdx.train(cartpole, TINY_AGENT, TINY_RUN, seeds=0, progress=False)
     with pytest.raises(ValueError, match="continuous"):
         omdx.train(omdx.envs.make("Pendulum-v1"), TINY_AGENT, TINY_RUN, progress=False)
+
+
+def test_host_loop_trains_on_a_gymnasium_env():
+    run = TrainConfig(steps=300, random_steps=150, eval_every=150, eval_episodes=2, batch_size=32)
+    result = omdx.train_host("CartPole-v1", TINY_AGENT, run, seed=1, progress=False)
+    assert result.eval_returns.shape == (1, 2)
+    assert np.all(result.eval_returns >= 1)
+    assert np.all(np.isfinite(result.metrics["model_loss"][:, -1]))
+    with pytest.raises(TypeError, match="`env`"):
+        omdx.train_host(42, TINY_AGENT, run, progress=False)
