@@ -58,6 +58,7 @@ def compiled_run(env, agent_config, seeds: int, steps: int, train_config_kwargs)
         runs, out = _run_chunk(runner, runs, jnp.asarray(steps), 1)
         jax.block_until_ready(out)
     seconds = time.perf_counter() - start
+    print(f"  compiled run, {seeds} seeds: {steps * seeds / seconds:.0f} steps/s", flush=True)
     return steps * seeds / seconds
 
 
@@ -103,6 +104,7 @@ def updates_alone(env, agent_config, steps: int, batch_size: int):
 
     with errors_as_nan():
         seconds = _timed(run, agent, buffer, key, repeats=3)
+    print(f"  updates alone: {steps / seconds:.0f} updates/s", flush=True)
     return steps / seconds, seconds / steps
 
 
@@ -159,7 +161,9 @@ def host_loop(agent_config, steps: int, batch_size: int, random_steps: int = 100
         for _ in range(steps):
             agent, buffer, obs, key = one_step(agent, buffer, obs, key, True)
         jax.block_until_ready(agent)
-    return steps / (time.perf_counter() - start)
+    rate = steps / (time.perf_counter() - start)
+    print(f"  host loop: {rate:.0f} steps/s", flush=True)
+    return rate
 
 
 def main():
@@ -167,6 +171,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small budgets (smoke run)")
     parser.add_argument("--x64", action="store_true", help="float64 (default float32)")
     parser.add_argument("--model-hidden", type=int, default=32)
+    parser.add_argument("--chunk", type=int, default=None, help="timed steps per compiled run")
+    parser.add_argument("--seed-counts", type=int, nargs="+", default=None)
     parser.add_argument("--out", default=str(RESULTS / "throughput.md"))
     args = parser.parse_args()
     if args.x64:
@@ -177,9 +183,9 @@ def main():
 
     env = make("CartPole-v1")
     quick = args.quick
-    chunk = 500 if quick else 2000
+    chunk = args.chunk or (500 if quick else 2000)
     host_steps = 200 if quick else 1000
-    seed_counts = [4, 16] if quick else [4, 16, 64]
+    seed_counts = args.seed_counts or ([4, 16] if quick else [4, 16, 64])
     batch_size = 256
     rows = []
     ceilings = {}
