@@ -62,16 +62,25 @@ def plot_misspecification(
 
     The path written.
     """
+    return _plot_returns(
+        summary, path, "bound", "Model parameter norm bound $b$", j_star, markersize=5
+    )
+
+
+def _plot_returns(summary, path, x_key, xlabel, j_star, *, markersize, log_x=False):
+    """Expected return against `x_key`, mean and 95% interval per method, J* dashed."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.9))
     for i, method in enumerate(_methods(summary)):
-        x, y, ci = _series(summary, method, "bound", "J")
+        x, y, ci = _series(summary, method, x_key, "J")
         color, marker = _style(method, i)
-        ax.plot(x, y, marker=marker, color=color, label=method, markersize=5)
+        ax.plot(x, y, marker=marker, color=color, label=method, markersize=markersize)
         ax.fill_between(x, y - ci, y + ci, color=color, alpha=0.15)
     if j_star is not None:
         ax.axhline(j_star, ls="--", color="k", label=f"Optimal ({j_star:.4f})")
-    ax.set_xlabel("Model parameter norm bound $b$")
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("Expected return $J$")
     ax.grid(True, alpha=0.4)
     ax.legend()
@@ -141,21 +150,12 @@ def plot_noise(
 
     The path written.
     """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.2, 3.9))
-    for i, method in enumerate(_methods(summary)):
-        x, y, ci = _series(summary, method, "sigma", "J")
-        colors = ["r", "b", "g", "m"]
-        markers = ["^", "o", "s", "v"]
-        ax.plot(x, y, marker=markers[i % 4], color=colors[i % 4], label=method, markersize=4)
-        ax.fill_between(x, y - ci, y + ci, color=colors[i % 4], alpha=0.15)
-    if j_star is not None:
-        ax.axhline(j_star, ls="--", color="k", label=f"Optimal ({j_star:.4f})")
-    ax.set_xscale("log")
-    ax.set_xlabel(r"Noise scale $\sigma$ of $Q^*_\theta$")
-    ax.set_ylabel("Expected return $J$")
-    ax.grid(True, alpha=0.4)
-    ax.legend()
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _plot_returns(
+        summary,
+        path,
+        "sigma",
+        r"Noise scale $\sigma$ of $Q^*_\theta$",
+        j_star,
+        markersize=4,
+        log_x=True,
+    )
