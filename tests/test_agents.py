@@ -5,6 +5,7 @@ import dataclasses
 
 import equinox as eqx
 import jax
+import jax.extend
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -12,6 +13,7 @@ import optimistix as optx
 import pytest
 from jax.flatten_util import ravel_pytree
 
+import omdx
 from omdx._transition import Transition
 from omdx.agents import (
     AgentConfig,
@@ -220,3 +222,26 @@ def test_bad_agent_config_raises():
         AgentConfig(inner_steps=0)
     with pytest.raises(ValueError, match="num_actions"):
         init_agent(jr.PRNGKey(0), EnvSpec(3, 1), AgentConfig())
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (64, 4), (2, 64), (7, 3), (1, 5)])
+def test_orthogonal_init_matches_jax_without_lapack(shape, getkey):
+    key = getkey()
+    weight = omdx.agents.orthogonal_init(key, shape, 1.5, jnp.float64)
+    expected = jax.nn.initializers.orthogonal(1.5)(key, shape, jnp.float64)
+    assert jnp.allclose(weight, expected, atol=1e-12)
+    # Batched LAPACK QR deadlocks under vmap on CPU (jaxlib 0.10): none may be traced.
+    batched = jax.make_jaxpr(jax.vmap(lambda k: omdx.agents.orthogonal_init(k, shape)))
+    primitives = _primitive_names(batched(jax.random.split(key, 4)).jaxpr)
+    assert not primitives & {"qr", "geqrf", "householder_product"}
+    reference = jax.make_jaxpr(lambda k: jax.nn.initializers.orthogonal()(k, shape))(key)
+    assert _primitive_names(reference.jaxpr) & {"qr", "geqrf", "householder_product"}
+
+
+def _primitive_names(jaxpr) -> set[str]:
+    names = set()
+    for equation in jaxpr.eqns:
+        names.add(equation.primitive.name)
+        for sub in jax.extend.core.jaxprs_in_params(equation.params):
+            names |= _primitive_names(sub)
+    return names

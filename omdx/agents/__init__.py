@@ -13,6 +13,7 @@ from ._losses import (
 from ._networks import (
     DoubleQ as DoubleQ,
     DynamicsModel as DynamicsModel,
+    orthogonal_init as orthogonal_init,
     orthogonal_mlp as orthogonal_mlp,
     ValueEnsemble as ValueEnsemble,
 )

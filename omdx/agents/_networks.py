@@ -9,6 +9,53 @@ import jax.random as jr
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 
+def _orthonormal_columns(matrix: Float[Array, "rows cols"]) -> Float[Array, "rows cols"]:
+    """The Q of the QR decomposition of a tall `matrix`, with R's diagonal positive.
+
+    Classical Gram-Schmidt applied twice per column (orthogonal to working precision), in
+    plain JAX operations. Not `jnp.linalg.qr`: under `vmap` on CPU, jaxlib 0.10's batched
+    LAPACK QR runs its batch on the XLA thread pool and deadlocks when two such calls run
+    concurrently (as the independent layers of a vmapped initialisation do).
+    """
+    _, cols = matrix.shape
+    index = jnp.arange(cols)
+
+    def add_column(j, q):
+        column = matrix[:, j]
+        earlier = (index < j).astype(matrix.dtype)
+        for _ in range(2):
+            column = column - q @ ((q.T @ column) * earlier)
+        return q.at[:, j].set(column / jnp.linalg.norm(column))
+
+    return jax.lax.fori_loop(0, cols, add_column, jnp.zeros_like(matrix))
+
+
+def orthogonal_init(
+    key: PRNGKeyArray, shape: tuple[int, int], scale: float = 1.0, dtype=float
+) -> Float[Array, "rows cols"]:
+    """A random orthogonal `shape` matrix times `scale`: the same matrix as
+    `jax.nn.initializers.orthogonal(scale)(key, shape, dtype)`, computed without LAPACK so
+    that it is safe under `jax.vmap` on CPU.
+
+    **Arguments:**
+
+    - `key`: PRNG key.
+    - `shape`: `(rows, cols)`; rows are orthonormal if `rows <= cols`, else columns are.
+    - `scale`: multiplies the orthogonal matrix.
+    - `dtype`: a floating dtype.
+
+    **Returns:**
+
+    The `shape` array.
+    """
+    rows, cols = shape
+    tall = (cols, rows) if rows < cols else (rows, cols)
+    q = _orthonormal_columns(jr.normal(key, tall, dtype))
+    if rows < cols:
+        q = q.T
+    return scale * q
+
+
 def orthogonal_mlp(
     key: PRNGKeyArray,
     in_size: int,
@@ -36,8 +83,7 @@ def orthogonal_mlp(
     new_layers = []
     for i, (layer, layer_key) in enumerate(zip(mlp.layers, layer_keys)):
         scale = last_scale if i == len(mlp.layers) - 1 else math.sqrt(2.0)
-        init = jax.nn.initializers.orthogonal(scale)
-        weight = init(layer_key, layer.weight.shape, layer.weight.dtype)
+        weight = orthogonal_init(layer_key, layer.weight.shape, scale, layer.weight.dtype)
         layer = eqx.tree_at(
             lambda lin: (lin.weight, lin.bias), layer, (weight, jnp.zeros_like(layer.bias))
         )
