@@ -125,6 +125,35 @@ def mean_and_interval(values: Sequence[float], confidence: float = 0.95) -> tupl
     return mean, half_width
 
 
+def run_summary(result, final_evals: int = 1) -> dict[str, Any]:
+    """Final return, area under the curve and final model error of a training result, per
+    seed and as mean ± 95% interval over seeds.
+
+    The final return of a seed is the mean of its last `final_evals` evaluations (one
+    evaluation of 10 episodes is noisy); the area under the curve is the trapezoidal mean
+    of the evaluation return over the run.
+    """
+    returns = np.asarray(result.eval_returns, dtype=np.float64)
+    steps = np.asarray(result.eval_steps)
+    final = returns[:, -final_evals:].mean(axis=1)
+    if steps.size > 1:
+        auc = np.trapezoid(returns, steps, axis=1) / (steps[-1] - steps[0])
+    else:
+        auc = returns[:, 0]
+    final_mean, final_half = mean_and_interval(final)
+    auc_mean, auc_half = mean_and_interval(auc)
+    return {
+        "final_return_mean": final_mean,
+        "final_return_ci95": final_half,
+        "auc_mean": auc_mean,
+        "auc_ci95": auc_half,
+        "final_return_per_seed": final.tolist(),
+        "auc_per_seed": auc.tolist(),
+        "seeds": np.asarray(result.seeds).tolist(),
+        "final_model_error_mean": float(np.mean(result.metrics["model_error"][:, -1])),
+    }
+
+
 class CsvAppender:
     """Append rows to a CSV file as they arrive (the header is fixed by the first rows)."""
 

@@ -15,8 +15,6 @@ import sys
 import time
 from collections.abc import Sequence
 
-import numpy as np
-
 
 def _add_run_arguments(
     parser: argparse.ArgumentParser, *, steps: int, seeds: int, model_hidden: int, out: str
@@ -86,36 +84,11 @@ def _configs(args, agent: str):
     return agent_config, train_config
 
 
-def _summary(result) -> dict:
-    from ._report import mean_and_interval
-
-    final = result.eval_returns[:, -1]
-    # Area under the curve: mean evaluation return over the run (trapezoid / length).
-    auc = (
-        np.trapezoid(result.eval_returns, result.eval_steps, axis=1)
-        / max(result.eval_steps[-1] - result.eval_steps[0], 1)
-        if result.eval_steps.size > 1
-        else result.eval_returns[:, 0]
-    )
-    final_mean, final_half = mean_and_interval(final)
-    auc_mean, auc_half = mean_and_interval(auc)
-    return {
-        "final_return_mean": final_mean,
-        "final_return_ci95": final_half,
-        "auc_mean": auc_mean,
-        "auc_ci95": auc_half,
-        "final_return_per_seed": final.tolist(),
-        "auc_per_seed": np.asarray(auc).tolist(),
-        "seeds": result.seeds.tolist(),
-        "final_model_error_mean": float(np.mean(result.metrics["model_error"][:, -1])),
-    }
-
-
 def run_agent(args, agent: str, out: pathlib.Path):
     """Train one agent on the CLI's settings, streaming metrics to `out/metrics.csv`."""
     import jax
 
-    from ._report import CsvAppender, plot_curves, write_json
+    from ._report import CsvAppender, plot_curves, run_summary, write_json
     from ._train import train
     from .envs import make
 
@@ -161,7 +134,7 @@ def run_agent(args, agent: str, out: pathlib.Path):
         on_chunk=on_chunk,
     )
     seconds = time.perf_counter() - start
-    summary = _summary(result)
+    summary = run_summary(result)
     summary["wall_seconds"] = seconds
     summary["env_steps_per_second"] = args.steps * args.seeds / seconds
     write_json(out / "summary.json", summary)

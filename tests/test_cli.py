@@ -1,0 +1,62 @@
+"""The `omdx` console script and the run summary it prints."""
+
+import csv
+import json
+import types
+
+import numpy as np
+import pytest
+
+from omdx._report import run_summary
+from omdx.cli import main
+
+
+def test_run_summary_by_hand():
+    returns = np.array([[10.0, 20.0, 40.0], [0.0, 30.0, 30.0]])
+    result = types.SimpleNamespace(
+        seeds=np.array([0, 1]),
+        eval_steps=np.array([100, 200, 300]),
+        eval_returns=returns,
+        metrics={"model_error": np.array([[1.0, 2.0, 3.0], [5.0, 6.0, 7.0]])},
+    )
+    summary = run_summary(result, final_evals=2)
+    assert summary["final_return_per_seed"] == [30.0, 30.0]
+    # Trapezoid over [100, 300]: (10 + 2*20 + 40) / 4 and (0 + 2*30 + 30) / 4.
+    np.testing.assert_allclose(summary["auc_per_seed"], [22.5, 22.5])
+    assert summary["final_return_mean"] == 30.0 and summary["final_return_ci95"] == 0.0
+    assert summary["final_model_error_mean"] == 5.0
+    assert run_summary(result)["final_return_per_seed"] == [40.0, 30.0]
+
+
+def test_train_command_writes_its_files(tmp_path, capsys):
+    out = tmp_path / "run"
+    tiny = "--steps 400 --random-steps 200 --eval-every 200 --eval-episodes 2 --batch-size 32"
+    argv = ["train", "--agent", "mle", "--seeds", "2", "--q-hidden", "16", "--model-hidden", "8"]
+    argv += tiny.split() + ["--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    assert "mle: final return" in capsys.readouterr().out
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["agent"]["agent"] == "mle" and config["agent"]["model_hidden"] == 8
+    assert config["train"]["steps"] == 400 and config["seeds"] == 2
+    with (out / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((int(r["seed"]), int(r["step"])) for r in rows) == [
+        (0, 200),
+        (0, 400),
+        (1, 200),
+        (1, 400),
+    ]
+    assert all(np.isfinite(float(r["model_loss"])) for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    finals = {int(r["seed"]): float(r["eval_return"]) for r in rows if r["step"] == "400"}
+    assert summary["final_return_per_seed"] == [finals[0], finals[1]]
+    assert (out / "curves.png").stat().st_size > 0
+
+
+def test_bad_arguments_fail_before_training(tmp_path):
+    with pytest.raises(SystemExit):  # argparse rejects an unknown adjoint
+        main(["train", "--adjoint", "newton", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="`batch_size`"):
+        main(["train", "--steps", "100", "--eval-every", "100", "--out", str(tmp_path / "x")])
+    assert not (tmp_path / "x" / "metrics.csv").exists()
