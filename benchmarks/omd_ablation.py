@@ -21,11 +21,11 @@ FINAL_EVALS = 5
 DEFAULT_VARIANTS = [
     "mle",
     "omd",
-    "omd adjoint=cg adjoint_steps=10",
+    "mle inner_steps=5",
     "omd inner_steps=5",
+    "omd adjoint=cg adjoint_steps=10",
     "omd model_lr=0.0003",
     "omd model_lr=0.003",
-    "omd q_lr=0.001",
 ]
 
 
