@@ -20,6 +20,7 @@ from ._diagnostics import (
     AdjointDiagnostics as AdjointDiagnostics,
 )
 from ._inner import solve_inner as solve_inner
+from ._small_lu import small_solve as small_solve, SmallLU as SmallLU
 from ._solvers import GradientSteps as GradientSteps, GradientStepsState as GradientStepsState
 from ._train import (
     evaluate as evaluate,

@@ -11,6 +11,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 from .._adjoint import AdjointName
 from .._inner import solve_inner
+from .._small_lu import MAX_SMALL_LU_SIZE, small_solve, SmallLU
 from ._mdp import TabularMDP
 
 
@@ -142,14 +143,23 @@ def _default_tol(dtype) -> float:
 SolverName = Literal["newton", "value_iteration"]
 
 
+def _direct_solver(size: int) -> lx.AbstractLinearSolver:
+    # Tabular problems are small and solved many at once (vmapped grids): unrolled
+    # elimination there, LAPACK for big state spaces.
+    return SmallLU() if size <= MAX_SMALL_LU_SIZE else lx.LU()
+
+
 def make_solver(
-    solver: SolverName | optx.AbstractRootFinder | optx.AbstractFixedPointSolver, dtype
+    solver: SolverName | optx.AbstractRootFinder | optx.AbstractFixedPointSolver,
+    dtype,
+    size: int = MAX_SMALL_LU_SIZE + 1,
 ) -> optx.AbstractRootFinder | optx.AbstractFixedPointSolver:
-    """Turn a solver name into an Optimistix solver with a tolerance for `dtype`."""
+    """Turn a solver name into an Optimistix solver with a tolerance for `dtype`; Newton's
+    linear solves use [`omdx.SmallLU`][] for problems of at most 32 unknowns (`size`)."""
     if isinstance(solver, str):
         tol = _default_tol(dtype)
         if solver == "newton":
-            return optx.Newton(rtol=tol, atol=tol)
+            return optx.Newton(rtol=tol, atol=tol, linear_solver=_direct_solver(size))
         if solver == "value_iteration":
             return optx.FixedPointIteration(rtol=tol, atol=tol)
         raise ValueError(
@@ -188,7 +198,8 @@ def solve_q(
     - `temperature`: $\tau$ of the soft operator (0 for the hard one).
     - `solver`: `"newton"` (default), `"value_iteration"`, or an Optimistix solver.
     - `adjoint`: the backward linear solve: `"direct"`, `"gmres"`, `"neumann"`,
-        `"identity"` or a `lineax.AbstractLinearSolver`.
+        `"identity"` or a `lineax.AbstractLinearSolver`. `"direct"` is
+        [`omdx.SmallLU`][] for up to 32 state-action pairs, `lineax.LU` above.
     - `max_steps`: the solver's step limit.
     - `throw`: raise on failure; pass `False` under `vmap` and read `solution.result`.
 
@@ -209,11 +220,14 @@ def solve_q(
             raise ValueError(f"`temperature` must be >= 0, got {temperature}.")
         if temperature == 0:
             temperature_arr = 0
+    size = mdp.n_states * mdp.n_actions
+    if isinstance(adjoint, str) and adjoint == "direct":
+        adjoint = _direct_solver(size)
     return solve_inner(
         _bellman_residual,
         jnp.asarray(q0, dtype),
         (mdp, temperature_arr),
-        solver=make_solver(solver, dtype),
+        solver=make_solver(solver, dtype, size),
         adjoint=adjoint,
         max_steps=max_steps,
         throw=throw,
@@ -252,6 +266,8 @@ def policy_values(mdp: TabularMDP, pi: Float[Array, "S A"]) -> Float[Array, " S"
     p_pi = jnp.einsum("ast,sa->st", mdp.transitions, pi)
     r_pi = jnp.sum(mdp.rewards * pi, axis=1)
     eye = jnp.eye(mdp.n_states, dtype=p_pi.dtype)
+    if mdp.n_states <= MAX_SMALL_LU_SIZE:
+        return small_solve(eye - mdp.gamma * p_pi, r_pi)
     return jnp.linalg.solve(eye - mdp.gamma * p_pi, r_pi)
 
 

@@ -485,7 +485,7 @@ def train(
         lr=lr,
         temperature=temperature,
         model_temperature=model_temperature,
-        solver=make_solver(solver, dtype),
+        solver=make_solver(solver, dtype, mdp.n_states * mdp.n_actions),
         tol=tol,
         max_steps=int(max_inner_steps),
         noisy=bool(np.any(noise_list > 0)),
