@@ -41,8 +41,11 @@ def main():
     )
     parser.add_argument("--agents", nargs="+", default=["omd", "mle", "vep"])
     parser.add_argument("--adjoint", default="identity")
+    parser.add_argument("--inner-steps", type=int, default=1, help="K inner Q steps per update")
     parser.add_argument("--x64", action="store_true")
-    parser.add_argument("--out", default=str(RESULTS / "cartpole_misspec"))
+    parser.add_argument(
+        "--out", default=None, help="output prefix (default results/cartpole_misspec[_kK])"
+    )
     args = parser.parse_args()
 
     import jax
@@ -55,25 +58,33 @@ def main():
     settings = [(h, 0) for h in args.hidden] + [(32, d) for d in args.distractors if d > 0]
     train_config = omdx.TrainConfig(steps=args.steps, eval_every=1000, evals_per_chunk=5)
     rows, table, finals = [], [], {}
-    out = pathlib.Path(args.out)
+    default_name = "cartpole_misspec" + (f"_k{args.inner_steps}" if args.inner_steps != 1 else "")
+    out = pathlib.Path(args.out or RESULTS / default_name)
     header = (
         "# CartPole misspecification study\n\n"
         f"`python benchmarks/cartpole_misspec.py --steps {args.steps} --seeds {args.seeds} "
         f"--hidden {' '.join(map(str, args.hidden))} --distractors "
-        f"{' '.join(map(str, args.distractors))} --agents {' '.join(args.agents)}`: "
+        f"{' '.join(map(str, args.distractors))} --agents {' '.join(args.agents)} "
+        f"--inner-steps {args.inner_steps}`: "
         f"per agent, the final return (mean of the last {FINAL_EVALS} evaluations of each seed, "
         f"10 greedy episodes each) and the mean return over the whole run (area under the "
         f"curve), mean ± 95% interval over {args.seeds} seeds, after {args.steps} environment "
-        f"steps, adjoint `{args.adjoint}`, jax {jax.__version__} on "
+        f"steps, adjoint `{args.adjoint}`, K = {args.inner_steps} inner steps, "
+        f"jax {jax.__version__} on "
         f"{jax.devices()[0].platform}; `s` is the wall-clock seconds of each run (all seeds, "
         f"compilation included). The paper ran 200 000 steps (`--steps 200000`).\n\n"
-        f"![final return](cartpole_misspec.png)\n\n"
+        f"![final return]({out.name}.png)\n\n"
     )
     for hidden, distractors in settings:
         env = omdx.envs.make("CartPole-v1", distractors=distractors)
         curves, line = {}, {"model_hidden": hidden, "distractors": distractors}
         for agent in args.agents:
-            config = omdx.AgentConfig(agent=agent, model_hidden=hidden, adjoint=args.adjoint)
+            config = omdx.AgentConfig(
+                agent=agent,
+                model_hidden=hidden,
+                adjoint=args.adjoint,
+                inner_steps=args.inner_steps,
+            )
             start = time.perf_counter()
             result = omdx.train(env, config, train_config, seeds=args.seeds)
             seconds = time.perf_counter() - start
@@ -114,7 +125,10 @@ def main():
         write_csv(f"{out}.csv", rows)
         done = settings[: len(table)]
         _plot_finals(f"{out}.png", done, args.agents, finals)
-        pathlib.Path(f"{out}.md").write_text(header + markdown_table(table) + "\n")
+        curve_links = "\n\n".join(f"![h={h}, d={d}]({out.name}_h{h}_d{d}.png)" for h, d in done)
+        pathlib.Path(f"{out}.md").write_text(
+            header + markdown_table(table) + "\n\nLearning curves:\n\n" + curve_links + "\n"
+        )
     print(markdown_table(table))
 
 
