@@ -266,7 +266,8 @@ def main():
     header = (
         "# Training throughput on CartPole-v1\n\n"
         f"`python benchmarks/throughput.py{' --x64' if args.x64 else ''}"
-        f"{' --quick' if quick else ''}`: jax {jax.__version__}, {jax.devices()[0].platform} "
+        f"{' --quick' if quick else ''}{f' --chunk {args.chunk}' if args.chunk else ''}`: "
+        f"jax {jax.__version__}, {jax.devices()[0].platform} "
         f"({platform.processor() or platform.machine()}, {jax.local_device_count()} device), "
         f"{dtype}, paper settings (double Q 2x32, model 2x{args.model_hidden}, batch "
         f"{batch_size}, one update per environment step; OMD with the identity adjoint). "
