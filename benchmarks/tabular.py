@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--loop-subset", type=int, default=None, help="configs timed in the loop")
-    parser.add_argument("--studies", default="misspec,bounds,noise")
+    parser.add_argument("--studies", default="misspec,bounds,noise,solvers")
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
     parser.add_argument("--no-design-check", action="store_true")
     args = parser.parse_args(argv)
@@ -300,14 +300,27 @@ def main(argv=None) -> int:
         markdown_table(rows, precision=2),
         "",
     ]
-    if "misspec" in studies:
-        solver_rows = linear_solver_comparison(min(steps, 2000), seeds, bounds)
-        lines += [
-            f"## Linear solver ({min(steps, 2000)} steps of the OMD sweep grid, no freezing)",
-            "",
-            markdown_table(solver_rows, precision=2),
-            "",
-        ]
+    if "solvers" in studies:
+        solver_steps = min(steps, 2000)
+        solver_rows = linear_solver_comparison(solver_steps, seeds, bounds)
+        text = "\n".join(
+            [
+                "# Tabular OMD: linear solver",
+                "",
+                f"`python benchmarks/tabular.py --studies solvers`: the OMD norm sweep grid "
+                f"({len(bounds)} bounds x {seeds} seeds, {solver_steps} steps, no freezing) "
+                "with `omdx.SmallLU` (the default) or `lineax.LU` for Newton's linear solves "
+                f"and the adjoint, timed alternately; jax {jax.__version__}, CPU, float64.",
+                "",
+                markdown_table(solver_rows, precision=2),
+                "",
+            ]
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "tabular-solvers.md").write_text(text)
+        print(text, flush=True)
+        if studies == ["solvers"]:
+            return 0
     if not args.no_design_check and not quick:
         check = design_check(common)
         lines += ["## DESIGN.md check (3000 steps, 5 seeds)", "", markdown_table(check), ""]
