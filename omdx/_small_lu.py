@@ -1,12 +1,11 @@
 """A direct solver for small systems solved many at once (tabular MDPs, vmapped grids)."""
 
-import math
 from typing import Any, TypeAlias
 
-import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
+from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PyTree
 
 
@@ -91,10 +90,10 @@ class SmallLU(lx.AbstractLinearSolver[_SmallLUState]):
     ) -> tuple[PyTree[Array], lx.RESULTS, dict[str, Any]]:
         del options
         matrix, operator = state
-        flat_vector = jnp.concatenate([jnp.ravel(v) for v in jtu.tree_leaves(vector)])
-        flat_solution = small_solve(matrix, flat_vector)
-        solution = _unravel(flat_solution, operator.in_structure())
-        return solution, lx.RESULTS.successful, {}
+        flat_vector, _ = ravel_pytree(vector)
+        zeros = jtu.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), operator.in_structure())
+        _, unravel = ravel_pytree(zeros)
+        return unravel(small_solve(matrix, flat_vector)), lx.RESULTS.successful, {}
 
     def transpose(self, state: _SmallLUState, options: dict[str, Any]):
         matrix, operator = state
@@ -111,11 +110,6 @@ class SmallLU(lx.AbstractLinearSolver[_SmallLUState]):
 SmallLU.__init__.__doc__ = """**Arguments:** none."""
 
 
-def _unravel(flat: Array, structure: PyTree[jax.ShapeDtypeStruct]) -> PyTree[Array]:
-    leaves, treedef = jtu.tree_flatten(structure)
-    out, start = [], 0
-    for leaf in leaves:
-        size = math.prod(leaf.shape)
-        out.append(flat[start : start + size].reshape(leaf.shape).astype(leaf.dtype))
-        start += size
-    return jtu.tree_unflatten(treedef, out)
+def direct_solver(size: int) -> lx.AbstractLinearSolver:
+    """The direct solver for a system of `size` unknowns: `SmallLU` up to 32, else LU."""
+    return SmallLU() if size <= MAX_SMALL_LU_SIZE else lx.LU()

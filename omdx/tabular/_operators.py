@@ -11,7 +11,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 from .._adjoint import AdjointName
 from .._inner import solve_inner
-from .._small_lu import MAX_SMALL_LU_SIZE, small_solve, SmallLU
+from .._small_lu import direct_solver, MAX_SMALL_LU_SIZE, small_solve
 from ._mdp import TabularMDP
 
 
@@ -143,12 +143,6 @@ def _default_tol(dtype) -> float:
 SolverName = Literal["newton", "value_iteration"]
 
 
-def _direct_solver(size: int) -> lx.AbstractLinearSolver:
-    # Tabular problems are small and solved many at once (vmapped grids): unrolled
-    # elimination there, LAPACK for big state spaces.
-    return SmallLU() if size <= MAX_SMALL_LU_SIZE else lx.LU()
-
-
 def make_solver(
     solver: SolverName | optx.AbstractRootFinder | optx.AbstractFixedPointSolver,
     dtype,
@@ -159,7 +153,7 @@ def make_solver(
     if isinstance(solver, str):
         tol = _default_tol(dtype)
         if solver == "newton":
-            return optx.Newton(rtol=tol, atol=tol, linear_solver=_direct_solver(size))
+            return optx.Newton(rtol=tol, atol=tol, linear_solver=direct_solver(size))
         if solver == "value_iteration":
             return optx.FixedPointIteration(rtol=tol, atol=tol)
         raise ValueError(
@@ -222,7 +216,7 @@ def solve_q(
             temperature_arr = 0
     size = mdp.n_states * mdp.n_actions
     if isinstance(adjoint, str) and adjoint == "direct":
-        adjoint = _direct_solver(size)
+        adjoint = direct_solver(size)
     return solve_inner(
         _bellman_residual,
         jnp.asarray(q0, dtype),
