@@ -92,18 +92,22 @@ def orthogonal_mlp(
 
 
 class DoubleQ(eqx.Module):
-    """Two Q-networks $Q_1, Q_2$: observation $\\to$ one value per action."""
+    """Two Q-networks $Q_1, Q_2$: observation $\\to$ one value per action.
 
-    q1: eqx.nn.MLP
-    q2: eqx.nn.MLP
+    The two networks are stored stacked (every array has a leading axis of size 2) and
+    evaluated with one `vmap`, so each layer is one batched matrix product instead of two
+    (half the operations in the compiled update, which on CPU is dominated by small ones).
+    """
+
+    nets: eqx.nn.MLP  # vmapped: leading axis 2
 
     def __init__(self, key: PRNGKeyArray, obs_size: int, num_actions: int, width: int, depth: int):
-        k1, k2 = jr.split(key)
-        self.q1 = orthogonal_mlp(k1, obs_size, num_actions, width, depth)
-        self.q2 = orthogonal_mlp(k2, obs_size, num_actions, width, depth)
+        self.nets = eqx.filter_vmap(
+            lambda k: orthogonal_mlp(k, obs_size, num_actions, width, depth)
+        )(jr.split(key))
 
     def __call__(self, observation: Float[Array, " obs"]) -> Float[Array, "2 actions"]:
-        return jnp.stack([self.q1(observation), self.q2(observation)])
+        return eqx.filter_vmap(lambda net: net(observation))(self.nets)
 
 
 class DynamicsModel(eqx.Module):

@@ -131,7 +131,7 @@ def agent_step(
 
     `(new_state, metrics)`, metrics a dict of scalars: `model_loss` (the loss the model
     minimises), `model_error` and `reward_error` (MSE of the model's mean prediction of
-    $s'$ and $r$ on the real batch: the "likelihood" side), `q_model_loss` and `q_real_loss`
+    $s'$ and $r$ on the real batch, before the model's step: the "likelihood" side), `q_model_loss` and `q_real_loss`
     (the Bellman loss on model transitions before the inner step, and on real transitions
     after it), `model_grad_norm` (for OMD,
     the implicit gradient's norm) and `inner_result` (the inner solve's Optimistix result
@@ -150,7 +150,9 @@ def agent_step(
     q = eqx.combine(jax.lax.stop_gradient(solution.value), q_static)
     q_target = _polyak(state.q_target, q, config.target_update)
 
-    model_error, reward_error = prediction_errors(model, batch)
+    # On the model before its step: the same forward pass as the model loss's (shared after
+    # compilation), where the updated model's would cost a pass of its own.
+    model_error, reward_error = prediction_errors(state.model, batch)
     if config.agent == "omd":  # the model loss is the real-data loss of the new Q
         q_real_loss = model_loss
     else:
