@@ -1,5 +1,6 @@
 """The agents' networks: orthogonally initialised MLPs, double Q, dynamics model."""
 
+import itertools
 import math
 
 import equinox as eqx
@@ -30,6 +31,23 @@ def _orthonormal_columns(matrix: Float[Array, "rows cols"]) -> Float[Array, "row
     return jax.lax.fori_loop(0, cols, add_column, jnp.zeros_like(matrix))
 
 
+def _orthogonal_from_normal(
+    normal: Float[Array, "rows cols"], shape: tuple[int, int], scale: float
+) -> Float[Array, "rows cols"]:
+    """The orthogonal `shape` matrix from `normal`, a standard normal draw of the tall shape
+    (`shape` or its transpose, whichever has at least as many rows as columns)."""
+    rows, cols = shape
+    q = _orthonormal_columns(normal)
+    if rows < cols:
+        q = q.T
+    return scale * q
+
+
+def _tall(shape: tuple[int, int]) -> tuple[int, int]:
+    rows, cols = shape
+    return (cols, rows) if rows < cols else (rows, cols)
+
+
 def orthogonal_init(
     key: PRNGKeyArray, shape: tuple[int, int], scale: float = 1.0, dtype=float
 ) -> Float[Array, "rows cols"]:
@@ -48,12 +66,7 @@ def orthogonal_init(
 
     The `shape` array.
     """
-    rows, cols = shape
-    tall = (cols, rows) if rows < cols else (rows, cols)
-    q = _orthonormal_columns(jr.normal(key, tall, dtype))
-    if rows < cols:
-        q = q.T
-    return scale * q
+    return _orthogonal_from_normal(jr.normal(key, _tall(shape), dtype), shape, scale)
 
 
 def orthogonal_mlp(
@@ -64,8 +77,13 @@ def orthogonal_mlp(
     depth: int,
     *,
     last_scale: float = 0.01,
+    dtype=None,
 ) -> eqx.nn.MLP:
     """An ReLU MLP with orthogonal weights (scale $\\sqrt 2$, last layer `last_scale`), zero biases.
+
+    The weights are orthogonalised from one normal draw for the whole network: one random
+    number kernel instead of one per layer (plus `eqx.nn.MLP`'s own, unused, initialisation)
+    makes the compiled initialisation several times quicker to build.
 
     **Arguments:**
 
@@ -73,22 +91,32 @@ def orthogonal_mlp(
     - `in_size`, `out_size`: input and output sizes.
     - `width`, `depth`: hidden width and number of hidden layers.
     - `last_scale`: the orthogonal scale of the output layer.
+    - `dtype`: the floating dtype of the parameters (default: JAX's default float).
 
     **Returns:**
 
     An `equinox.nn.MLP`.
     """
-    mlp_key, *layer_keys = jr.split(key, depth + 2)
-    mlp = eqx.nn.MLP(in_size, out_size, width, depth, activation=jax.nn.relu, key=mlp_key)
-    new_layers = []
-    for i, (layer, layer_key) in enumerate(zip(mlp.layers, layer_keys)):
-        scale = last_scale if i == len(mlp.layers) - 1 else math.sqrt(2.0)
-        weight = orthogonal_init(layer_key, layer.weight.shape, scale, layer.weight.dtype)
-        layer = eqx.tree_at(
-            lambda lin: (lin.weight, lin.bias), layer, (weight, jnp.zeros_like(layer.bias))
-        )
-        new_layers.append(layer)
-    return eqx.tree_at(lambda m: m.layers, mlp, tuple(new_layers))
+    # The structure only: no arrays (and no random numbers) are computed for it.
+    skeleton = eqx.filter_eval_shape(
+        eqx.nn.MLP, in_size, out_size, width, depth, activation=jax.nn.relu, key=key
+    )
+    shapes = [layer.weight.shape for layer in skeleton.layers]
+    dtype = skeleton.layers[0].weight.dtype if dtype is None else dtype
+    sizes = [math.prod(shape) for shape in shapes]
+    normal = jr.normal(key, (sum(sizes),), dtype)
+    offsets = [0] + list(itertools.accumulate(sizes))
+    weights, biases = [], []
+    for i, shape in enumerate(shapes):
+        scale = last_scale if i == len(shapes) - 1 else math.sqrt(2.0)
+        draw = normal[offsets[i] : offsets[i + 1]].reshape(_tall(shape))
+        weights.append(_orthogonal_from_normal(draw, shape, scale))
+        biases.append(jnp.zeros(shape[0], dtype))
+    return eqx.tree_at(
+        lambda m: [leaf for layer in m.layers for leaf in (layer.weight, layer.bias)],
+        skeleton,
+        [leaf for pair in zip(weights, biases) for leaf in pair],
+    )
 
 
 class DoubleQ(eqx.Module):
