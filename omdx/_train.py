@@ -103,6 +103,7 @@ class TrainConfig(eqx.Module):
     buffer_size: int | None = eqx.field(static=True, default=None)
     epsilon: float = eqx.field(static=True, default=0.1)
     evals_per_chunk: int = eqx.field(static=True, default=5)
+    seed_group: int | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         _check_int("steps", self.steps, 1)
@@ -113,6 +114,8 @@ class TrainConfig(eqx.Module):
         _check_int("evals_per_chunk", self.evals_per_chunk, 1)
         if self.buffer_size is not None:
             _check_int("buffer_size", self.buffer_size, 1)
+        if self.seed_group is not None:
+            _check_int("seed_group", self.seed_group, 1)
         if self.steps % self.eval_every != 0:
             raise ValueError(
                 f"`steps` ({self.steps}) must be a multiple of `eval_every` ({self.eval_every})."
@@ -151,6 +154,11 @@ TrainConfig.__init__.__doc__ = """**Arguments:**
 - `epsilon`: probability of a uniformly random action after the warm-up; otherwise
     actions are sampled from $\\mathrm{softmax}(\\min(Q_1, Q_2)/\\alpha)$.
 - `evals_per_chunk`: evaluations per compiled call (between progress updates).
+- `seed_group`: how many seeds run `vmap`ped together; groups run one after another
+    within the same compiled call (`jax.lax.map` with `batch_size`). `None` (default):
+    every seed at once on an accelerator, groups of 4 on CPU, where the updates are
+    compute-bound and one wide batch of 16 or 64 seeds falls out of cache (measured in
+    `benchmarks/throughput.py`). Results do not depend on it beyond rounding.
 """
 
 
@@ -337,9 +345,31 @@ def _init_runs(runner: _Runner, keys: PRNGKeyArray) -> RunState:
     return eqx.filter_vmap(runner.init)(keys)
 
 
+CPU_SEED_GROUP = 4
+
+
+def _seed_group(train_config: TrainConfig) -> int | None:
+    if train_config.seed_group is not None:
+        return train_config.seed_group
+    return CPU_SEED_GROUP if jax.default_backend() == "cpu" else None
+
+
 @eqx.filter_jit(donate="all-except-first")
 def _run_chunk(runner: _Runner, runs: RunState, start: Int[Array, ""], iterations: int):
-    return eqx.filter_vmap(lambda run: runner.chunk(run, start, iterations))(runs)
+    group = _seed_group(runner.train_config)
+    seeds = runs.key.shape[0]
+    if group is None or group >= seeds:
+        return eqx.filter_vmap(lambda run: runner.chunk(run, start, iterations))(runs)
+    arrays, static = eqx.partition(runs, eqx.is_array)
+
+    def one_group(run_arrays):
+        new_run, logs = runner.chunk(eqx.combine(run_arrays, static), start, iterations)
+        return eqx.filter(new_run, eqx.is_array), logs
+
+    # `lax.map` with `batch_size` vmaps within groups and loops over them (and over any
+    # remainder).
+    new_arrays, logs = jax.lax.map(one_group, arrays, batch_size=group)
+    return eqx.combine(new_arrays, static), logs
 
 
 def _as_seeds(seeds) -> np.ndarray:

@@ -1,5 +1,7 @@
 """The compiled training run: seeds, reproducibility, bad configuration, learning."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -31,6 +33,14 @@ def test_vmapped_seeds_equal_single_seed_runs(cartpole):
             )
     again = omdx.train(cartpole, TINY_AGENT, TINY_RUN, seeds=[3, 4, 5], progress=False)
     np.testing.assert_array_equal(again.eval_returns, together.eval_returns)
+    # Seeds in groups of 2 (one group, then a remainder of 1) give the same runs.
+    grouped_run = dataclasses.replace(TINY_RUN, seed_group=2)
+    grouped = omdx.train(cartpole, TINY_AGENT, grouped_run, seeds=[3, 4, 5], progress=False)
+    np.testing.assert_allclose(grouped.eval_returns, together.eval_returns, rtol=1e-5)
+    for name, values in grouped.metrics.items():
+        np.testing.assert_allclose(
+            values, together.metrics[name], rtol=1e-4, atol=1e-6, err_msg=name
+        )
     # Updates happened (the second window is after the warm-up) and were finite.
     assert np.all(together.metrics["model_grad_norm"][:, 1] > 0)
     assert np.all(together.metrics["inner_result"] == 0)
@@ -61,6 +71,8 @@ def test_bad_configuration_raises_before_training(cartpole):
         TrainConfig(steps=1500, eval_every=1000)
     with pytest.raises(ValueError, match="`epsilon`"):
         TrainConfig(epsilon=1.5)
+    with pytest.raises(ValueError, match="`seed_group`"):
+        TrainConfig(seed_group=0)
     with pytest.raises(ValueError, match="`agent`"):
         AgentConfig(agent="sac")
     with pytest.raises(ValueError, match="`adjoint`"):
