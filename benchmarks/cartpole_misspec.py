@@ -71,7 +71,8 @@ def main():
         f"curve), mean ± 95% interval over {args.seeds} seeds, after {args.steps} environment "
         f"steps, adjoint `{args.adjoint}`, K = {args.inner_steps} inner steps, "
         f"jax {jax.__version__} on "
-        f"{jax.devices()[0].platform}; `s` is the wall-clock seconds of each run (all seeds, "
+        f"{jax.devices()[0].platform}, omdx at commit {_commit()}; `s` is the wall-clock "
+        "seconds of each run (all seeds, "
         f"compilation included). The paper ran 200 000 steps (`--steps 200000`).\n\n"
         f"![final return]({out.name}.png)\n\n"
     )
@@ -130,6 +131,23 @@ def main():
             header + markdown_table(table) + "\n\nLearning curves:\n\n" + curve_links + "\n"
         )
     print(markdown_table(table))
+
+
+def _commit() -> str:
+    """The checked-out commit (initial weights depend on the code, not only the seed)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=pathlib.Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def _plot_finals(path, settings, agents, finals):
