@@ -16,8 +16,6 @@ import jax.tree_util as jtu
 import lineax as lx
 from jaxtyping import Array, PyTree
 
-from ._small_lu import direct_solver
-
 
 AdjointName: TypeAlias = Literal["direct", "gmres", "cg", "neumann", "identity"]
 ADJOINT_NAMES: tuple[str, ...] = ("direct", "gmres", "cg", "neumann", "identity")
@@ -325,7 +323,6 @@ def resolve_adjoint(
     *,
     symmetric: bool,
     dtype=jnp.float32,
-    size: int | None = None,
 ) -> lx.AbstractLinearSolver:
     """Turn an adjoint name (or solver) into the Lineax solver for the backward pass.
 
@@ -340,9 +337,6 @@ def resolve_adjoint(
         residual $T(y) - y$ (with Jacobian near $-I$) for `symmetric=False`.
     - `dtype`: the floating-point type of the problem, which sets the tolerance of
         `"gmres"` and `"cg"` (`1e-10` in float64, `1e-5` otherwise).
-    - `size`: the number of unknowns, if known. `"direct"` is [`omdx.SmallLU`][] for at
-        most 32 unknowns (the same answer as LAPACK's LU, much faster under `vmap`) and
-        `lineax.LU` otherwise or when `size` is `None`.
 
     **Returns:**
 
@@ -353,7 +347,7 @@ def resolve_adjoint(
     if isinstance(adjoint, str):
         tol = default_tolerance(dtype)
         if adjoint == "direct":
-            return lx.LU() if size is None else direct_solver(size)
+            return lx.LU()
         if adjoint == "gmres":
             return lx.GMRES(rtol=tol, atol=tol)
         if adjoint == "cg":

@@ -89,8 +89,7 @@ def adjoint_diagnostics(
     sol = solve_inner(residual, y0, args, solver=solver, adjoint=adjoint, **kwargs)
     y_star = jax.lax.stop_gradient(sol.value)
     dtype = jnp.result_type(*jtu.tree_leaves(y_star))
-    size = sum(leaf.size for leaf in jtu.tree_leaves(y_star))
-    linear_solver = resolve_adjoint(adjoint, symmetric=symmetric, dtype=dtype, size=size)
+    linear_solver = resolve_adjoint(adjoint, symmetric=symmetric, dtype=dtype)
 
     y_bar = jax.grad(lambda y: objective(y, args))(y_star)
     tags = SYMMETRIC_TAGS if symmetric else frozenset()

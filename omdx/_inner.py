@@ -1,6 +1,5 @@
 """`solve_inner`: the inner problem of bilevel RL, differentiated implicitly."""
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -139,9 +138,9 @@ def solve_inner(
     - `solver`: any Optimistix root finder (`optx.Newton`, [`omdx.GradientSteps`][]),
         fixed-point solver (`optx.FixedPointIteration` is value iteration on
         $y + f(y)$), least-squares solver or minimiser.
-    - `adjoint`: the backward-pass linear solver: `"direct"` (dense LU; [`omdx.SmallLU`][]
-        up to 32 unknowns), `"gmres"`, `"cg"` (needs `symmetric=True`), `"neumann"`,
-        `"identity"`, or any `lineax.AbstractLinearSolver` such as [`omdx.Neumann`][] or
+    - `adjoint`: the backward-pass linear solver: `"direct"` (dense LU), `"gmres"`,
+        `"cg"` (needs `symmetric=True`), `"neumann"`, `"identity"`, or any
+        `lineax.AbstractLinearSolver` such as [`omdx.Neumann`][] or
         [`omdx.truncated_cg`][]. Defaults to `"cg"` if `symmetric` else `"direct"`.
         See [`omdx.resolve_adjoint`][] for what each name means.
     - `symmetric`: set when the residual is a gradient, so its Jacobian is a symmetric
@@ -167,8 +166,7 @@ def solve_inner(
     dtype = jnp.result_type(*dtypes)
     if not jnp.issubdtype(dtype, jnp.inexact):
         dtype = jnp.result_type(float)
-    size = sum(math.prod(leaf.shape) for leaf in jtu.tree_leaves(y_struct))
-    linear_solver = resolve_adjoint(adjoint, symmetric=symmetric, dtype=dtype, size=size)
+    linear_solver = resolve_adjoint(adjoint, symmetric=symmetric, dtype=dtype)
     implicit = optx.ImplicitAdjoint(linear_solver=linear_solver)
     tags = SYMMETRIC_TAGS if symmetric else frozenset()
     if isinstance(solver, optx.AbstractFixedPointSolver):

@@ -108,9 +108,6 @@ def test_neumann_works_on_pytrees(getkey):
 
 def test_resolve_adjoint_names():
     assert isinstance(omdx.resolve_adjoint(None, symmetric=False), lx.LU)
-    # "direct" picks the unrolled elimination for small systems when the size is known.
-    assert isinstance(omdx.resolve_adjoint("direct", symmetric=False, size=32), omdx.SmallLU)
-    assert isinstance(omdx.resolve_adjoint("direct", symmetric=False, size=33), lx.LU)
     assert isinstance(omdx.resolve_adjoint(None, symmetric=True), lx.CG)
     assert isinstance(omdx.resolve_adjoint("gmres", symmetric=False), lx.GMRES)
     identity = omdx.resolve_adjoint("identity", symmetric=False)
