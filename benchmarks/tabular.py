@@ -295,7 +295,7 @@ def main(argv=None) -> int:
         "jitted call per training step ('per-step calls'); loops are timed on an evenly spread "
         "subset of configurations and extrapolated where marked. Run times exclude "
         "compilation. Inner linear solves use `omdx.SmallLU` (the default for tabular "
-        "problems of up to 32 state-action pairs).",
+        "problems of up to 16 state-action pairs).",
         "",
         markdown_table(rows, precision=2),
         "",

@@ -131,11 +131,11 @@ def agent_step(
 
     `(new_state, metrics)`, metrics a dict of scalars: `model_loss` (the loss the model
     minimises), `model_error` and `reward_error` (MSE of the model's mean prediction of
-    $s'$ and $r$ on the real batch, before the model's step: the "likelihood" side), `q_model_loss` and `q_real_loss`
-    (the Bellman loss on model transitions before the inner step, and on real transitions
-    after it), `model_grad_norm` (for OMD,
-    the implicit gradient's norm) and `inner_result` (the inner solve's Optimistix result
-    code; 0 is success).
+    $s'$ and $r$ on the real batch, before the model's step: the "likelihood" side),
+    `q_model_loss` and `q_real_loss` (the Bellman loss on model transitions before the
+    inner step, and on real transitions after it), `model_grad_norm` (for OMD, the implicit
+    gradient's norm) and `inner_result` (the inner solve's Optimistix result code; 0 is
+    success).
     """
     key, inner_key, model_key = jr.split(state.key, 3)
     model_loss, grads, solution = model_gradient(state, batch, config, inner_key, model_key)

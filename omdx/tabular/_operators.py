@@ -11,7 +11,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 from .._adjoint import AdjointName
 from .._inner import solve_inner
-from .._small_lu import direct_solver, MAX_SMALL_LU_SIZE, small_solve
+from .._small_lu import DIRECT_SMALL_LU_SIZE, direct_solver, small_solve
 from ._mdp import TabularMDP
 
 
@@ -146,10 +146,10 @@ SolverName = Literal["newton", "value_iteration"]
 def make_solver(
     solver: SolverName | optx.AbstractRootFinder | optx.AbstractFixedPointSolver,
     dtype,
-    size: int = MAX_SMALL_LU_SIZE + 1,
+    size: int = DIRECT_SMALL_LU_SIZE + 1,
 ) -> optx.AbstractRootFinder | optx.AbstractFixedPointSolver:
     """Turn a solver name into an Optimistix solver with a tolerance for `dtype`; Newton's
-    linear solves use [`omdx.SmallLU`][] for problems of at most 32 unknowns (`size`)."""
+    linear solves use [`omdx.SmallLU`][] for problems of at most 16 unknowns (`size`)."""
     if isinstance(solver, str):
         tol = _default_tol(dtype)
         if solver == "newton":
@@ -193,7 +193,7 @@ def solve_q(
     - `solver`: `"newton"` (default), `"value_iteration"`, or an Optimistix solver.
     - `adjoint`: the backward linear solve: `"direct"`, `"gmres"`, `"neumann"`,
         `"identity"` or a `lineax.AbstractLinearSolver`. `"direct"` is
-        [`omdx.SmallLU`][] for up to 32 state-action pairs, `lineax.LU` above.
+        [`omdx.SmallLU`][] for up to 16 state-action pairs, `lineax.LU` above.
     - `max_steps`: the solver's step limit.
     - `throw`: raise on failure; pass `False` under `vmap` and read `solution.result`.
 
@@ -260,7 +260,7 @@ def policy_values(mdp: TabularMDP, pi: Float[Array, "S A"]) -> Float[Array, " S"
     p_pi = jnp.einsum("ast,sa->st", mdp.transitions, pi)
     r_pi = jnp.sum(mdp.rewards * pi, axis=1)
     eye = jnp.eye(mdp.n_states, dtype=p_pi.dtype)
-    if mdp.n_states <= MAX_SMALL_LU_SIZE:
+    if mdp.n_states <= DIRECT_SMALL_LU_SIZE:
         return small_solve(eye - mdp.gamma * p_pi, r_pi)
     return jnp.linalg.solve(eye - mdp.gamma * p_pi, r_pi)
 
