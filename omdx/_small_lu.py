@@ -11,7 +11,7 @@ from jaxtyping import Array, Float, PyTree
 
 _SmallLUState: TypeAlias = tuple[Float[Array, "n n"], lx.AbstractLinearOperator]
 
-# Beyond this size the unrolled elimination compiles slowly and LAPACK wins anyway.
+# SmallLU's hard limit: beyond it the unrolled elimination takes too long to compile.
 MAX_SMALL_LU_SIZE = 32
 # Where `direct_solver` switches to LAPACK: the unrolled elimination compiles in time growing
 # with n^2 (about 2 s at n = 8, 5 s at 16, 14 s at 32 for a gradient, against under 1 s
