@@ -28,16 +28,16 @@ def main():
     parser.add_argument(
         "--hidden",
         type=int,
-        nargs="+",
+        nargs="*",
         default=[2, 3, 4, 8, 32],
-        help="model hidden sizes (with no distractors)",
+        help="model hidden sizes (with no distractors); `--hidden` alone runs none",
     )
     parser.add_argument(
         "--distractors",
         type=int,
-        nargs="+",
+        nargs="*",
         default=[5, 10, 20],
-        help="distractor counts (with the full 32-unit model)",
+        help="distractor counts (with the full 32-unit model); `--distractors` alone runs none",
     )
     parser.add_argument("--agents", nargs="+", default=["omd", "mle", "vep"])
     parser.add_argument("--adjoint", default="identity")
@@ -47,6 +47,8 @@ def main():
         "--out", default=None, help="output prefix (default results/cartpole_misspec[_kK])"
     )
     args = parser.parse_args()
+    if not args.hidden and not any(d > 0 for d in args.distractors):
+        parser.error("--hidden and --distractors leave no setting to run")
 
     import jax
 
