@@ -7,6 +7,7 @@ import pytest
 
 import omdx
 from omdx import AgentConfig, TrainConfig
+from omdx._train import _chunk_plan
 
 
 TINY_AGENT = AgentConfig(q_hidden=16, model_hidden=16, vep_hidden=8)
@@ -21,45 +22,42 @@ def cartpole():
 
 
 def test_vmapped_seeds_equal_single_seed_runs(cartpole):
-    together = omdx.train(cartpole, TINY_AGENT, TINY_RUN, seeds=[3, 4, 5], progress=False)
+    chunks = []
+    together = omdx.train(
+        cartpole, TINY_AGENT, TINY_RUN, seeds=[3, 4, 5], progress=False, on_chunk=chunks.append
+    )
     assert together.eval_returns.shape == (3, 2)
     assert list(together.eval_steps) == [200, 400]
-    for i, seed in enumerate([3, 4, 5]):  # one compilation serves the three single runs
-        alone = omdx.train(cartpole, TINY_AGENT, TINY_RUN, seeds=[seed], progress=False)
-        np.testing.assert_allclose(alone.eval_returns[0], together.eval_returns[i], rtol=1e-5)
-        for name, values in alone.metrics.items():
-            np.testing.assert_allclose(
-                values[0], together.metrics[name][i], rtol=1e-4, atol=1e-6, err_msg=name
-            )
-    again = omdx.train(cartpole, TINY_AGENT, TINY_RUN, seeds=[3, 4, 5], progress=False)
-    np.testing.assert_array_equal(again.eval_returns, together.eval_returns)
-    # Seeds in groups of 2 (one group, then a remainder of 1) give the same runs.
-    grouped_run = dataclasses.replace(TINY_RUN, seed_group=2)
-    grouped = omdx.train(cartpole, TINY_AGENT, grouped_run, seeds=[3, 4, 5], progress=False)
-    np.testing.assert_allclose(grouped.eval_returns, together.eval_returns, rtol=1e-5)
-    for name, values in grouped.metrics.items():
+    # Every evaluation is streamed, chunk by chunk, as the result has it.
+    assert [list(chunk["eval_steps"]) for chunk in chunks] == [[200], [400]]
+    streamed = np.concatenate([chunk["eval_returns"] for chunk in chunks], axis=1)
+    np.testing.assert_array_equal(streamed, together.eval_returns)
+    # Groups of one seed: each seed runs alone (a batch of one, as `seeds=[seed]` runs it),
+    # one after another inside one compiled call, so one compilation serves the three
+    # single-seed runs.
+    alone = omdx.train(
+        cartpole,
+        TINY_AGENT,
+        dataclasses.replace(TINY_RUN, seed_group=1),
+        seeds=[3, 4, 5],
+        progress=False,
+    )
+    np.testing.assert_allclose(alone.eval_returns, together.eval_returns, rtol=1e-5)
+    for name, values in alone.metrics.items():
         np.testing.assert_allclose(
             values, together.metrics[name], rtol=1e-4, atol=1e-6, err_msg=name
         )
+    again = omdx.train(cartpole, TINY_AGENT, TINY_RUN, seeds=[3, 4, 5], progress=False)
+    np.testing.assert_array_equal(again.eval_returns, together.eval_returns)
     # Updates happened (the second window is after the warm-up) and were finite.
     assert np.all(together.metrics["model_grad_norm"][:, 1] > 0)
     assert np.all(together.metrics["inner_result"] == 0)
 
 
-def test_on_chunk_streams_every_evaluation(cartpole):
-    chunks = []
-    run = TrainConfig(
-        steps=600,
-        random_steps=200,
-        eval_every=200,
-        eval_episodes=1,
-        batch_size=32,
-        evals_per_chunk=2,
-    )
-    result = omdx.train(cartpole, TINY_AGENT, run, seeds=2, progress=False, on_chunk=chunks.append)
-    assert [list(c["eval_steps"]) for c in chunks] == [[200, 400], [600]]
-    streamed = np.concatenate([c["eval_returns"] for c in chunks], axis=1)
-    np.testing.assert_array_equal(streamed, result.eval_returns)
+def test_chunk_plan_ends_with_the_remainder():
+    assert _chunk_plan(5, 2) == [2, 2, 1]
+    assert _chunk_plan(4, 2) == [2, 2]
+    assert _chunk_plan(3, 12) == [3]
 
 
 def test_bad_configuration_raises_before_training(cartpole):

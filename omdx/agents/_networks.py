@@ -10,6 +10,9 @@ import jax.random as jr
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 
+# Jitted so that eager calls (building networks outside `jit`) compile the loop once per
+# shape instead of on every call.
+@jax.jit
 def _orthonormal_columns(matrix: Float[Array, "rows cols"]) -> Float[Array, "rows cols"]:
     """The Q of the QR decomposition of a tall `matrix`, with R's diagonal positive.
 
