@@ -2,9 +2,10 @@
 
 (a) the host loop: gymnasium `CartPole-v1` stepped in Python, one jitted update per step
     (the architecture of the authors' code); (b) the compiled run (`omdx.train`'s chunk
-    function), one seed; (c) the compiled run vmapped over 4, 16, 64 seeds (aggregate);
-    (d) the updates alone on a pre-filled buffer (the compute ceiling); and the cost of one
-    update of each agent and adjoint relative to MLE.
+    function), one seed; (c) the compiled run vmapped over 4, 16, 64 seeds (aggregate), on
+    one device and split over the CPU devices (one per core); (d) the updates alone on a
+    pre-filled buffer (the compute ceiling); and the cost of one update of each agent and
+    adjoint relative to MLE.
 
     python benchmarks/throughput.py            # float32, paper settings, about 10 minutes
     python benchmarks/throughput.py --quick    # a smoke run
@@ -12,6 +13,7 @@
 """
 
 import argparse
+import os
 import pathlib
 import platform
 import time
@@ -37,9 +39,18 @@ def _timed(fn, *args, repeats=3):
     return float(np.median(times))
 
 
-def compiled_run(env, agent_config, seeds: int, steps: int, train_config_kwargs):
-    """(b)/(c): steps/s of one chunk of the compiled run, vmapped over `seeds`."""
-    from omdx._train import _init_runs, _run_chunk, _Runner, errors_as_nan, TrainConfig
+def compiled_run(env, agent_config, seeds: int, steps: int, train_config_kwargs, devices=1):
+    """(b)/(c): steps/s of one chunk of the compiled run, vmapped over `seeds`, the seeds
+    split over the first `devices` devices as `omdx.train` splits them."""
+    from omdx._train import (
+        _init_runs,
+        _run_chunk,
+        _Runner,
+        _shard_count,
+        _shard_seeds,
+        errors_as_nan,
+        TrainConfig,
+    )
 
     tc = TrainConfig(
         steps=2 * steps,
@@ -50,15 +61,21 @@ def compiled_run(env, agent_config, seeds: int, steps: int, train_config_kwargs)
     )
     runner = _Runner(env, agent_config, tc)
     runs = _init_runs(runner, jax.vmap(jr.PRNGKey)(jnp.arange(seeds)))
+    shards = _shard_count(seeds, jax.local_devices()[:devices])
+    runs = _shard_seeds(runs, jax.local_devices()[:shards])
     # First chunk: warm-up and compilation, and it fills the buffer past `learning_starts`.
     with errors_as_nan():
-        runs, _ = _run_chunk(runner, runs, jnp.asarray(0), 1)
+        runs, _ = _run_chunk(runner, runs, jnp.asarray(0), 1, shards)
         jax.block_until_ready(runs)
         start = time.perf_counter()
-        runs, out = _run_chunk(runner, runs, jnp.asarray(steps), 1)
+        runs, out = _run_chunk(runner, runs, jnp.asarray(steps), 1, shards)
         jax.block_until_ready(out)
     seconds = time.perf_counter() - start
-    print(f"  compiled run, {seeds} seeds: {steps * seeds / seconds:.0f} steps/s", flush=True)
+    print(
+        f"  compiled run, {seeds} seeds on {shards} device(s): "
+        f"{steps * seeds / seconds:.0f} steps/s",
+        flush=True,
+    )
     return steps * seeds / seconds
 
 
@@ -173,13 +190,22 @@ def main():
     parser.add_argument("--model-hidden", type=int, default=32)
     parser.add_argument("--chunk", type=int, default=None, help="timed steps per compiled run")
     parser.add_argument("--seed-counts", type=int, nargs="+", default=None)
+    parser.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=os.cpu_count(),
+        help="CPU devices JAX shows (default: one per core); the '(c) ... devices' rows split "
+        "the seeds over them",
+    )
     parser.add_argument("--out", default=str(RESULTS / "throughput.md"))
     args = parser.parse_args()
+    # Before any computation. The other rows use the first device only.
+    jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     if args.x64:
         jax.config.update("jax_enable_x64", True)
     from omdx import AgentConfig
     from omdx._report import markdown_table
-    from omdx._train import CPU_SEED_GROUP
+    from omdx._train import _shard_count, CPU_SEED_GROUP
     from omdx.envs import make
 
     env = make("CartPole-v1")
@@ -218,6 +244,20 @@ def main():
                 {
                     "agent": agent,
                     "setting": f"(c) compiled run, {seeds} seeds (aggregate)",
+                    "steps/s": aggregate,
+                    "vs ceiling": aggregate / ceiling,
+                }
+            )
+        for seeds in seed_counts if jax.local_device_count() > 1 else []:
+            # Side by side: the seeds split over the devices (`omdx.train`'s default).
+            aggregate = compiled_run(
+                env, config, seeds, chunk, {"batch_size": batch_size}, jax.local_device_count()
+            )
+            shards = _shard_count(seeds, jax.local_devices())
+            rows.append(
+                {
+                    "agent": agent,
+                    "setting": f"(c) {seeds} seeds over {shards} devices (aggregate)",
                     "steps/s": aggregate,
                     "vs ceiling": aggregate / ceiling,
                 }
@@ -281,7 +321,8 @@ def main():
         f"`python benchmarks/throughput.py{' --x64' if args.x64 else ''}"
         f"{' --quick' if quick else ''}{f' --chunk {args.chunk}' if args.chunk else ''}`: "
         f"jax {jax.__version__}, {jax.devices()[0].platform} "
-        f"({platform.processor() or platform.machine()}, {jax.local_device_count()} device), "
+        f"({platform.processor() or platform.machine()}, {jax.local_device_count()} devices: "
+        "rows without 'devices' use the first one only), "
         f"{dtype}, paper settings (double Q 2x32, model 2x{args.model_hidden}, batch "
         f"{batch_size}, one update per environment step; OMD with the identity adjoint). "
         f"Compiled rows time one chunk of {chunk} steps after compilation; on CPU the seeds "

@@ -355,7 +355,30 @@ def _seed_group(train_config: TrainConfig) -> int | None:
 
 
 @eqx.filter_jit(donate="all-except-first")
-def _run_chunk(runner: _Runner, runs: RunState, start: Int[Array, ""], iterations: int):
+def _run_chunk(
+    runner: _Runner, runs: RunState, start: Int[Array, ""], iterations: int, shards: int = 1
+):
+    if shards == 1:
+        return _run_local_seeds(runner, runs, start, iterations)
+    # Seeds `[n]` become `[shards, n / shards]`: the leading axis is the one sharded over
+    # devices (splitting it is a local reshape), and each device runs its own seeds exactly
+    # as one device runs all of them.
+    arrays, static = eqx.partition(runs, eqx.is_array)
+    seeds = runs.key.shape[0]
+    split = jax.tree.map(lambda x: x.reshape(shards, seeds // shards, *x.shape[1:]), arrays)
+
+    def local(local_arrays):
+        new_run, logs = _run_local_seeds(
+            runner, eqx.combine(local_arrays, static), start, iterations
+        )
+        return eqx.filter(new_run, eqx.is_array), logs
+
+    new_split, logs = jax.vmap(local)(split)
+    new_arrays, logs = jax.tree.map(lambda x: x.reshape(seeds, *x.shape[2:]), (new_split, logs))
+    return eqx.combine(new_arrays, static), logs
+
+
+def _run_local_seeds(runner: _Runner, runs: RunState, start: Int[Array, ""], iterations: int):
     group = _seed_group(runner.train_config)
     seeds = runs.key.shape[0]
     if group is None or group >= seeds:
@@ -370,6 +393,18 @@ def _run_chunk(runner: _Runner, runs: RunState, start: Int[Array, ""], iteration
     # remainder).
     new_arrays, logs = jax.lax.map(one_group, arrays, batch_size=group)
     return eqx.combine(new_arrays, static), logs
+
+
+def _shard_count(seeds: int, devices: Sequence[jax.Device]) -> int:
+    """The most devices that share `seeds` evenly."""
+    return max(d for d in range(1, min(seeds, len(devices)) + 1) if seeds % d == 0)
+
+
+def _shard_seeds(runs: RunState, devices: Sequence[jax.Device]) -> RunState:
+    """Place the runs' leading (seed) axis across `devices`, in equal contiguous blocks."""
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("seeds",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))
+    return jax.tree.map(lambda x: jax.device_put(x, sharding) if eqx.is_array(x) else x, runs)
 
 
 def _as_seeds(seeds) -> np.ndarray:
@@ -396,12 +431,14 @@ def train(
     seeds: int | Sequence[int] = 1,
     progress: bool = True,
     on_chunk: Callable[[dict[str, Any]], None] | None = None,
+    devices: Sequence[jax.Device] | None = None,
 ) -> TrainResult:
     """Train an OMD, MLE or VEP agent on a JAX environment, all seeds in one compiled run.
 
     Each chunk of `evals_per_chunk` evaluation windows is one `jax.jit` call of a
     `lax.scan`, `jax.vmap`ped over seeds: acting, environment steps, the replay buffer, one
-    update per step and the evaluations never leave the device.
+    update per step and the evaluations never leave the device. With several devices, the
+    seeds are split evenly across them (each device runs its share as one device runs all).
 
     **Arguments:**
 
@@ -414,6 +451,11 @@ def train(
     - `progress`: show a progress bar over environment steps.
     - `on_chunk`: called after each chunk with a dict: `eval_steps` `[k]`, `eval_returns`
         `[n_seeds, k]`, `metrics` (dict of `[n_seeds, k]`), for streaming to disk.
+    - `devices`: the devices to split the seeds over; default `jax.local_devices()`. The
+        seeds go to the largest number of them that divides the seed count evenly. On CPU,
+        JAX shows one device unless asked for more before its first computation:
+        `jax.config.update("jax_num_cpu_devices", 2)` gives two devices that run in
+        parallel on two cores (`omdx train --cpu-devices`).
 
     **Returns:**
 
@@ -438,9 +480,18 @@ def train(
     if not isinstance(train_config, TrainConfig):
         raise TypeError(f"`train_config` must be a `TrainConfig`, got {type(train_config)}.")
     seed_array = _as_seeds(seeds)
+    if devices is not None:
+        devices = list(devices)
+        if not devices or not all(isinstance(d, jax.Device) for d in devices):
+            raise TypeError(
+                f"`devices` must be a non-empty list of `jax.Device`s, got {devices!r}."
+            )
+    shards = _shard_count(len(seed_array), devices or jax.local_devices())
     runner = _Runner(env, agent_config, train_config)
     keys = jax.vmap(jr.PRNGKey)(jnp.asarray(seed_array))
     runs = _init_runs(runner, keys)
+    if devices is not None or shards > 1:
+        runs = _shard_seeds(runs, (devices or jax.local_devices())[:shards])
 
     total_evals = train_config.steps // train_config.eval_every
     eval_steps, returns, metric_log = [], [], {}
@@ -455,7 +506,7 @@ def train(
     for iterations in _chunk_plan(total_evals, train_config.evals_per_chunk):
         with errors_as_nan():
             runs, (chunk_returns, chunk_metrics) = _run_chunk(
-                runner, runs, jnp.asarray(start), iterations
+                runner, runs, jnp.asarray(start), iterations, shards
             )
         chunk_returns = np.asarray(chunk_returns)
         chunk_metrics = {k: np.asarray(v) for k, v in chunk_metrics.items()}

@@ -10,6 +10,7 @@
 
 import argparse
 import dataclasses
+import os
 import pathlib
 import sys
 import time
@@ -22,7 +23,9 @@ def _add_run_arguments(
     from .agents._config import AGENT_ADJOINTS
 
     parser.add_argument("--env", default="CartPole-v1", help="environment id (omdx.envs.make)")
-    parser.add_argument("--seeds", type=int, default=seeds, help="number of seeds, vmapped")
+    parser.add_argument(
+        "--seeds", type=int, default=seeds, help="number of seeds (vmapped, split over devices)"
+    )
     parser.add_argument("--steps", type=int, default=steps, help="environment steps per seed")
     parser.add_argument(
         "--model-hidden",
@@ -50,6 +53,12 @@ def _add_run_arguments(
     parser.add_argument("--epsilon", type=float, default=0.1)
     parser.add_argument("--evals-per-chunk", type=int, default=5)
     parser.add_argument("--x64", action="store_true", help="run in float64 (the paper's)")
+    parser.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=None,
+        help="CPU devices to split the seeds over (default: one per core; on CPU only)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--out", default=out, help="output directory")
 
@@ -84,6 +93,27 @@ def _configs(args, agent: str):
     return agent_config, train_config
 
 
+def _use_cpu_devices(count: int | None) -> None:
+    """Ask JAX for `count` CPU devices (default: one per core), over which `train` splits
+    the seeds. JAX takes this only before its first computation: a process that has
+    already computed keeps its devices, and an explicit `count` then raises."""
+    import jax
+
+    if count is not None and (isinstance(count, bool) or count < 1):
+        raise ValueError(f"`--cpu-devices` must be a positive int, got {count}.")
+    wanted = count or os.cpu_count() or 1
+    if jax.config.jax_num_cpu_devices == wanted:
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", wanted)
+    except RuntimeError:
+        if count is not None:
+            raise ValueError(
+                f"`--cpu-devices {count}`: JAX has already computed in this process, so its "
+                "CPU devices are fixed; pass it to a fresh `omdx` process."
+            ) from None
+
+
 def run_agent(args, agent: str, out: pathlib.Path):
     """Train one agent on the CLI's settings, streaming metrics to `out/metrics.csv`."""
     import jax
@@ -92,6 +122,7 @@ def run_agent(args, agent: str, out: pathlib.Path):
     from ._train import train
     from .envs import make
 
+    _use_cpu_devices(args.cpu_devices)
     if args.x64:
         jax.config.update("jax_enable_x64", True)
     agent_config, train_config = _configs(args, agent)
@@ -137,6 +168,8 @@ def run_agent(args, agent: str, out: pathlib.Path):
     summary = run_summary(result)
     summary["wall_seconds"] = seconds
     summary["env_steps_per_second"] = args.steps * args.seeds / seconds
+    # The devices the seeds were split over.
+    summary["devices"] = sorted(str(d) for d in result.final_state.key.sharding.device_set)
     write_json(out / "summary.json", summary)
     plot_curves(
         out / "curves.png",

@@ -2,6 +2,8 @@ import jax
 import pytest
 
 
+# Before any computation: two CPU devices, so that splitting seeds over devices is tested.
+jax.config.update("jax_num_cpu_devices", 2)
 jax.config.update("jax_enable_x64", True)
 
 

@@ -51,6 +51,7 @@ def test_train_command_writes_its_files(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     finals = {int(r["seed"]): float(r["eval_return"]) for r in rows if r["step"] == "400"}
     assert summary["final_return_per_seed"] == [finals[0], finals[1]]
+    assert len(summary["devices"]) == 2  # one seed per CPU device (tests/conftest.py)
     assert (out / "curves.png").stat().st_size > 0
 
 
@@ -60,3 +61,9 @@ def test_bad_arguments_fail_before_training(tmp_path):
     with pytest.raises(ValueError, match="`batch_size`"):
         main(["train", "--steps", "100", "--eval-every", "100", "--out", str(tmp_path / "x")])
     assert not (tmp_path / "x" / "metrics.csv").exists()
+    with pytest.raises(ValueError, match="`--cpu-devices`"):
+        main(["train", "--cpu-devices", "0", "--out", str(tmp_path / "y")])
+    # JAX has computed in this process (two CPU devices): another count cannot be had.
+    with pytest.raises(ValueError, match="`--cpu-devices 3`"):
+        main(["train", "--cpu-devices", "3", "--out", str(tmp_path / "z")])
+    assert not (tmp_path / "y").exists() and not (tmp_path / "z").exists()

@@ -2,12 +2,13 @@
 
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
 
 import omdx
 from omdx import AgentConfig, TrainConfig
-from omdx._train import _chunk_plan
+from omdx._train import _chunk_plan, _shard_count
 
 
 TINY_AGENT = AgentConfig(q_hidden=16, model_hidden=16, vep_hidden=8)
@@ -22,36 +23,60 @@ def cartpole():
 
 
 def test_vmapped_seeds_equal_single_seed_runs(cartpole):
+    devices = jax.devices("cpu")
+    assert len(devices) == 2  # tests/conftest.py asks for two CPU devices
+    seeds = [3, 4, 5, 6]
     chunks = []
+    # The four seeds are split over the two devices, two vmapped on each.
     together = omdx.train(
-        cartpole, TINY_AGENT, TINY_RUN, seeds=[3, 4, 5], progress=False, on_chunk=chunks.append
+        cartpole,
+        TINY_AGENT,
+        TINY_RUN,
+        seeds=seeds,
+        progress=False,
+        on_chunk=chunks.append,
+        devices=devices,
     )
-    assert together.eval_returns.shape == (3, 2)
+    assert len(together.final_state.key.sharding.device_set) == 2
+    assert together.eval_returns.shape == (4, 2)
     assert list(together.eval_steps) == [200, 400]
     # Every evaluation is streamed, chunk by chunk, as the result has it.
     assert [list(chunk["eval_steps"]) for chunk in chunks] == [[200], [400]]
     streamed = np.concatenate([chunk["eval_returns"] for chunk in chunks], axis=1)
     np.testing.assert_array_equal(streamed, together.eval_returns)
-    # Groups of one seed: each seed runs alone (a batch of one, as `seeds=[seed]` runs it),
-    # one after another inside one compiled call, so one compilation serves the three
-    # single-seed runs.
+    # Groups of one seed on one device: each seed runs alone (a batch of one, as
+    # `seeds=[seed]` runs it), one after another inside one compiled call, so one
+    # compilation serves the four single-seed runs.
     alone = omdx.train(
         cartpole,
         TINY_AGENT,
         dataclasses.replace(TINY_RUN, seed_group=1),
-        seeds=[3, 4, 5],
+        seeds=seeds,
         progress=False,
+        devices=devices[:1],
     )
-    np.testing.assert_allclose(alone.eval_returns, together.eval_returns, rtol=1e-5)
-    for name, values in alone.metrics.items():
-        np.testing.assert_allclose(
-            values, together.metrics[name], rtol=1e-4, atol=1e-6, err_msg=name
-        )
-    again = omdx.train(cartpole, TINY_AGENT, TINY_RUN, seeds=[3, 4, 5], progress=False)
+    # And all four vmapped together on one device.
+    one_device = omdx.train(
+        cartpole, TINY_AGENT, TINY_RUN, seeds=seeds, progress=False, devices=devices[:1]
+    )
+    assert len(one_device.final_state.key.sharding.device_set) == 1
+    for other in (alone, one_device):
+        np.testing.assert_allclose(other.eval_returns, together.eval_returns, rtol=1e-5)
+        for name, values in other.metrics.items():
+            np.testing.assert_allclose(
+                values, together.metrics[name], rtol=1e-4, atol=1e-6, err_msg=name
+            )
+    again = omdx.train(cartpole, TINY_AGENT, TINY_RUN, seeds=seeds, progress=False, devices=devices)
     np.testing.assert_array_equal(again.eval_returns, together.eval_returns)
     # Updates happened (the second window is after the warm-up) and were finite.
     assert np.all(together.metrics["model_grad_norm"][:, 1] > 0)
     assert np.all(together.metrics["inner_result"] == 0)
+
+
+def test_shard_count_divides_the_seeds():
+    devices = ["a", "b", "c", "d"]  # only their number matters
+    assert [_shard_count(n, devices) for n in (1, 2, 3, 4, 6, 9, 10)] == [1, 2, 3, 4, 3, 3, 2]
+    assert _shard_count(5, devices[:1]) == 1
 
 
 def test_chunk_plan_ends_with_the_remainder():
@@ -79,6 +104,10 @@ def test_bad_configuration_raises_before_training(cartpole):
         omdx.train("NoSuchEnv-v0", TINY_AGENT, TINY_RUN, progress=False)
     with pytest.raises(ValueError, match="`seeds`"):
         omdx.train(cartpole, TINY_AGENT, TINY_RUN, seeds=0, progress=False)
+    with pytest.raises(TypeError, match="`devices`"):
+        omdx.train(cartpole, TINY_AGENT, TINY_RUN, progress=False, devices=[])
+    with pytest.raises(TypeError, match="`devices`"):
+        omdx.train(cartpole, TINY_AGENT, TINY_RUN, progress=False, devices="cpu")
     with pytest.raises(ValueError, match="continuous"):
         omdx.train(omdx.envs.make("Pendulum-v1"), TINY_AGENT, TINY_RUN, progress=False)
 
