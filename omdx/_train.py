@@ -154,11 +154,11 @@ TrainConfig.__init__.__doc__ = """**Arguments:**
 - `epsilon`: probability of a uniformly random action after the warm-up; otherwise
     actions are sampled from $\\mathrm{softmax}(\\min(Q_1, Q_2)/\\alpha)$.
 - `evals_per_chunk`: evaluations per compiled call (between progress updates).
-- `seed_group`: how many seeds run `vmap`ped together; groups run one after another
-    within the same compiled call (`jax.lax.map` with `batch_size`). `None` (default):
-    every seed at once on an accelerator, groups of 4 on CPU, where the updates are
-    compute-bound and one wide batch of 16 or 64 seeds falls out of cache (measured in
-    `benchmarks/throughput.py`). Results do not depend on it beyond rounding.
+- `seed_group`: how many seeds run `vmap`ped together on each device; groups run one
+    after another within the same compiled call (`jax.lax.map` with `batch_size`).
+    `None` (default): every seed at once on an accelerator, groups of 4 on CPU, where the
+    updates are compute-bound and one wide batch of 16 or 64 seeds falls out of cache
+    (measured in `benchmarks/throughput.py`). Results do not depend on it beyond rounding.
 """
 
 

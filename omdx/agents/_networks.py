@@ -7,31 +7,28 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 
-# Jitted so that eager calls (building networks outside `jit`) compile the loop once per
-# shape instead of on every call.
-@jax.jit
+def _host_orthonormal_columns(matrix: np.ndarray) -> np.ndarray:
+    matrix = np.asarray(matrix)
+    q, r = np.linalg.qr(matrix)  # batched over any leading axes
+    signs = np.sign(np.diagonal(r, axis1=-2, axis2=-1))
+    return (q * np.where(signs == 0, 1, signs)[..., None, :]).astype(matrix.dtype)
+
+
 def _orthonormal_columns(matrix: Float[Array, "rows cols"]) -> Float[Array, "rows cols"]:
     """The Q of the QR decomposition of a tall `matrix`, with R's diagonal positive.
 
-    Classical Gram-Schmidt applied twice per column (orthogonal to working precision), in
-    plain JAX operations. Not `jnp.linalg.qr`: under `vmap` on CPU, jaxlib 0.10's batched
-    LAPACK QR runs its batch on the XLA thread pool and deadlocks when two such calls run
-    concurrently (as the independent layers of a vmapped initialisation do).
+    Computed by NumPy on the host (`jax.pure_callback`, batched under `vmap`). Not
+    `jnp.linalg.qr`: under `vmap` on CPU, jaxlib 0.10's batched LAPACK QR runs its batch on
+    the XLA thread pool and deadlocks when two such calls run concurrently (as the
+    independent layers of a vmapped initialisation do). Nor a Gram-Schmidt loop in JAX:
+    each loop adds about a second of compilation to every initialisation.
     """
-    _, cols = matrix.shape
-    index = jnp.arange(cols)
-
-    def add_column(j, q):
-        column = matrix[:, j]
-        earlier = (index < j).astype(matrix.dtype)
-        for _ in range(2):
-            column = column - q @ ((q.T @ column) * earlier)
-        return q.at[:, j].set(column / jnp.linalg.norm(column))
-
-    return jax.lax.fori_loop(0, cols, add_column, jnp.zeros_like(matrix))
+    out = jax.ShapeDtypeStruct(matrix.shape, matrix.dtype)
+    return jax.pure_callback(_host_orthonormal_columns, out, matrix, vmap_method="expand_dims")
 
 
 def _orthogonal_from_normal(
@@ -55,8 +52,9 @@ def orthogonal_init(
     key: PRNGKeyArray, shape: tuple[int, int], scale: float = 1.0, dtype=float
 ) -> Float[Array, "rows cols"]:
     """A random orthogonal `shape` matrix times `scale`: the same matrix as
-    `jax.nn.initializers.orthogonal(scale)(key, shape, dtype)`, computed without LAPACK so
-    that it is safe under `jax.vmap` on CPU.
+    `jax.nn.initializers.orthogonal(scale)(key, shape, dtype)`, with the QR decomposition
+    done by NumPy on the host so that it is safe under `jax.vmap` on CPU (where XLA's
+    batched QR can deadlock).
 
     **Arguments:**
 
