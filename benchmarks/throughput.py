@@ -44,10 +44,9 @@ def compiled_run(env, agent_config, seeds: int, steps: int, train_config_kwargs,
     split over the first `devices` devices as `omdx.train` splits them."""
     from omdx._train import (
         _init_runs,
+        _place_seeds,
         _run_chunk,
         _Runner,
-        _shard_count,
-        _shard_seeds,
         errors_as_nan,
         TrainConfig,
     )
@@ -61,8 +60,7 @@ def compiled_run(env, agent_config, seeds: int, steps: int, train_config_kwargs,
     )
     runner = _Runner(env, agent_config, tc)
     runs = _init_runs(runner, jax.vmap(jr.PRNGKey)(jnp.arange(seeds)))
-    shards = _shard_count(seeds, jax.local_devices()[:devices])
-    runs = _shard_seeds(runs, jax.local_devices()[:shards])
+    runs, shards = _place_seeds(runs, jax.local_devices()[:devices])
     # First chunk: warm-up and compilation, and it fills the buffer past `learning_starts`.
     with errors_as_nan():
         runs, _ = _run_chunk(runner, runs, jnp.asarray(0), 1, shards)

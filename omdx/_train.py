@@ -360,22 +360,18 @@ def _run_chunk(
 ):
     if shards == 1:
         return _run_local_seeds(runner, runs, start, iterations)
+    seeds = runs.key.shape[0]
+
     # Seeds `[n]` become `[shards, n / shards]`: the leading axis is the one sharded over
     # devices (splitting it is a local reshape), and each device runs its own seeds exactly
     # as one device runs all of them.
-    arrays, static = eqx.partition(runs, eqx.is_array)
-    seeds = runs.key.shape[0]
-    split = jax.tree.map(lambda x: x.reshape(shards, seeds // shards, *x.shape[1:]), arrays)
+    def over_devices(fn, arrays):
+        split = jax.tree.map(lambda x: x.reshape(shards, seeds // shards, *x.shape[1:]), arrays)
+        return jax.tree.map(lambda x: x.reshape(seeds, *x.shape[2:]), jax.vmap(fn)(split))
 
-    def local(local_arrays):
-        new_run, logs = _run_local_seeds(
-            runner, eqx.combine(local_arrays, static), start, iterations
-        )
-        return eqx.filter(new_run, eqx.is_array), logs
-
-    new_split, logs = jax.vmap(local)(split)
-    new_arrays, logs = jax.tree.map(lambda x: x.reshape(seeds, *x.shape[2:]), (new_split, logs))
-    return eqx.combine(new_arrays, static), logs
+    return _map_over_seeds(
+        over_devices, lambda run: _run_local_seeds(runner, run, start, iterations), runs
+    )
 
 
 def _run_local_seeds(runner: _Runner, runs: RunState, start: Int[Array, ""], iterations: int):
@@ -383,15 +379,26 @@ def _run_local_seeds(runner: _Runner, runs: RunState, start: Int[Array, ""], ite
     seeds = runs.key.shape[0]
     if group is None or group >= seeds:
         return eqx.filter_vmap(lambda run: runner.chunk(run, start, iterations))(runs)
-    arrays, static = eqx.partition(runs, eqx.is_array)
-
-    def one_group(run_arrays):
-        new_run, logs = runner.chunk(eqx.combine(run_arrays, static), start, iterations)
-        return eqx.filter(new_run, eqx.is_array), logs
-
     # `lax.map` with `batch_size` vmaps within groups and loops over them (and over any
     # remainder).
-    new_arrays, logs = jax.lax.map(one_group, arrays, batch_size=group)
+    return _map_over_seeds(
+        lambda fn, arrays: jax.lax.map(fn, arrays, batch_size=group),
+        lambda run: runner.chunk(run, start, iterations),
+        runs,
+    )
+
+
+def _map_over_seeds(mapper: Callable, fn: Callable, runs: RunState):
+    """`mapper(f, arrays)` (a `vmap` or `lax.map` over the leading axis) of `fn`, a
+    function `run -> (new_run, logs)`, over the array leaves of `runs`; the non-array
+    leaves (activation functions, ...) stay outside the map."""
+    arrays, static = eqx.partition(runs, eqx.is_array)
+
+    def on_arrays(run_arrays):
+        new_run, logs = fn(eqx.combine(run_arrays, static))
+        return eqx.filter(new_run, eqx.is_array), logs
+
+    new_arrays, logs = mapper(on_arrays, arrays)
     return eqx.combine(new_arrays, static), logs
 
 
@@ -400,11 +407,19 @@ def _shard_count(seeds: int, devices: Sequence[jax.Device]) -> int:
     return max(d for d in range(1, min(seeds, len(devices)) + 1) if seeds % d == 0)
 
 
-def _shard_seeds(runs: RunState, devices: Sequence[jax.Device]) -> RunState:
-    """Place the runs' leading (seed) axis across `devices`, in equal contiguous blocks."""
-    mesh = jax.sharding.Mesh(np.asarray(devices), ("seeds",))
+def _place_seeds(runs: RunState, devices: Sequence[jax.Device] | None) -> tuple[RunState, int]:
+    """Split the runs' leading (seed) axis over the most of `devices` (default: all local
+    devices) that share the seeds evenly, in contiguous blocks; returns the placed runs and
+    the number of devices used. With the default devices and one shard, the runs stay
+    where they are."""
+    available = jax.local_devices() if devices is None else devices
+    shards = _shard_count(runs.key.shape[0], available)
+    if devices is None and shards == 1:
+        return runs, 1
+    mesh = jax.sharding.Mesh(np.asarray(available[:shards]), ("seeds",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))
-    return jax.tree.map(lambda x: jax.device_put(x, sharding) if eqx.is_array(x) else x, runs)
+    runs = jax.tree.map(lambda x: jax.device_put(x, sharding) if eqx.is_array(x) else x, runs)
+    return runs, shards
 
 
 def _as_seeds(seeds) -> np.ndarray:
@@ -486,12 +501,9 @@ def train(
             raise TypeError(
                 f"`devices` must be a non-empty list of `jax.Device`s, got {devices!r}."
             )
-    shards = _shard_count(len(seed_array), devices or jax.local_devices())
     runner = _Runner(env, agent_config, train_config)
     keys = jax.vmap(jr.PRNGKey)(jnp.asarray(seed_array))
-    runs = _init_runs(runner, keys)
-    if devices is not None or shards > 1:
-        runs = _shard_seeds(runs, (devices or jax.local_devices())[:shards])
+    runs, shards = _place_seeds(_init_runs(runner, keys), devices)
 
     total_evals = train_config.steps // train_config.eval_every
     eval_steps, returns, metric_log = [], [], {}
