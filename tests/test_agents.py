@@ -9,6 +9,7 @@ import jax
 import jax.extend
 import jax.numpy as jnp
 import jax.random as jr
+import lineax as lx
 import numpy as np
 import optimistix as optx
 import pytest
@@ -17,6 +18,7 @@ from jax.flatten_util import ravel_pytree
 import omdx
 from omdx._transition import Transition
 from omdx.agents import (
+    agent_adjoint,
     AgentConfig,
     BellmanRegressionGradient,
     EnvSpec,
@@ -147,6 +149,40 @@ def test_omd_adjoints_agree_at_the_converged_solution(getkey):
     )
     (closed_form,) = vjp(jax.tree.map(lambda g: -0.3 * g, out_grad))
     assert np.allclose(ravel_pytree(grads)[0], ravel_pytree(closed_form)[0], rtol=1e-10)
+
+
+def test_gmres_adjoint_spends_its_budget_on_krylov_vectors():
+    # Lineax counts GMRES steps in restart cycles (its first only computes the residual);
+    # `adjoint_steps` budgets Hessian-vector products, as for CG.
+    diagonal = jnp.linspace(1.0, 2.0, 200)
+    b = jnp.cos(jnp.arange(200.0))
+    calls = []
+
+    def mv(x):
+        jax.debug.callback(lambda: calls.append(1))
+        return diagonal * x
+
+    operator = lx.FunctionLinearOperator(
+        mv, jax.ShapeDtypeStruct((200,), diagonal.dtype), lx.symmetric_tag
+    )
+    residuals = []
+    for adjoint_steps in [1, 5, 20, 45]:
+        calls.clear()
+        config = dataclasses.replace(SMALL, adjoint="gmres", adjoint_steps=adjoint_steps)
+        solution = lx.linear_solve(operator, b, agent_adjoint(config), throw=False)
+        jax.block_until_ready(solution.value)
+        cycles = -(-adjoint_steps // 20)
+        # One product per Krylov vector, one residual per cycle, one initial residual.
+        assert len(calls) == adjoint_steps + cycles + 1, adjoint_steps
+        assert solution.result == lx.RESULTS.successful
+        residuals.append(np.linalg.norm(diagonal * solution.value - b) / np.linalg.norm(b))
+        if adjoint_steps == 1:  # GMRES(1) from zero: the minimal-residual step along b
+            ab = diagonal * b
+            expected = jnp.dot(b, ab) / jnp.dot(ab, ab) * b
+            assert np.allclose(solution.value, expected, rtol=1e-12)
+    # Condition number 2: each Krylov vector gains accuracy; 20 reach float64 precision.
+    assert residuals[0] > residuals[1] > residuals[2]
+    assert residuals[2] < 1e-12 and residuals[3] < 1e-12
 
 
 @pytest.mark.parametrize("step", [omd_step, mle_step, vep_step])

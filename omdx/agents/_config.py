@@ -119,8 +119,9 @@ AgentConfig.__init__.__doc__ = r"""**Arguments:**
 - `adjoint`: OMD's backward pass: `"identity"` (the paper's default, Hessian $\approx I$
     scaled by `adjoint_scale`), `"neumann"` (`adjoint_steps` terms with step
     `adjoint_scale`), `"cg"` (`adjoint_steps` CG iterations on $H + \lambda I$, the paper's
-    "inverse Jacobian"), `"gmres"`, or `"direct"` (dense LU on $H + \lambda I$: small
-    networks only).
+    "inverse Jacobian"), `"gmres"` (GMRES on $H + \lambda I$ with `adjoint_steps`
+    Krylov vectors in all, in cycles of at most 20), or `"direct"` (dense LU on
+    $H + \lambda I$: small networks only).
 - `adjoint_steps`, `adjoint_scale`, `damping`: see `adjoint`; `damping` is $\lambda$.
 - `vep_ensemble`, `vep_hidden`: VEP's number and width of fixed random value networks.
 """

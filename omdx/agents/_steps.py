@@ -26,6 +26,9 @@ from ._losses import (
 from ._state import AgentState, inner_optimiser, model_optimiser
 
 
+GMRES_RESTART = 20
+
+
 def agent_adjoint(config: AgentConfig) -> lx.AbstractLinearSolver:
     """The Lineax solver for OMD's backward pass, from the config's `adjoint` name."""
     if config.adjoint == "identity":
@@ -35,13 +38,19 @@ def agent_adjoint(config: AgentConfig) -> lx.AbstractLinearSolver:
     if config.adjoint == "cg":
         return truncated_cg(config.adjoint_steps, config.damping)
     if config.adjoint == "gmres":
-        # rtol = atol = 0 with a step budget: a fixed-budget solve that reports success.
+        # Lineax counts GMRES steps in restart cycles of `restart` Krylov vectors each,
+        # and its first step only computes the initial residual. A budget of
+        # `adjoint_steps` Hessian-vector products (as CG's) is that many Krylov vectors,
+        # in cycles of at most 20. rtol = atol = 0 with a step budget: a fixed-budget
+        # solve that reports success.
+        cycles = -(-config.adjoint_steps // GMRES_RESTART)
+        restart = -(-config.adjoint_steps // cycles)
         gmres = lx.GMRES(
             rtol=0.0,
             atol=0.0,
-            max_steps=config.adjoint_steps,
-            restart=min(20, config.adjoint_steps),
-            stagnation_iters=config.adjoint_steps + 1,
+            max_steps=cycles + 1,
+            restart=restart,
+            stagnation_iters=cycles + 2,
         )
         return Damped(gmres, config.damping)
     return Damped(lx.LU(), config.damping)
