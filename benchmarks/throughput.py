@@ -77,10 +77,12 @@ def compiled_run(env, agent_config, seeds: int, steps: int, train_config_kwargs,
     return steps * seeds / seconds
 
 
-def updates_alone(env, agent_config, steps: int, batch_size: int):
-    """(d): `steps` agent updates in a `lax.scan` on a pre-filled buffer, no environment."""
+def _prepared_updates(env, agent_config, steps: int, batch_size: int):
+    """`steps` agent updates in a `lax.scan` on a pre-filled buffer, no environment:
+    returns `(run, args, flops)`, `run(*args)` being one compiled call of all of them and
+    `flops` XLA's count of floating-point operations in one update."""
     from omdx import buffer_add, buffer_init, buffer_sample, init_agent, Transition
-    from omdx._train import errors_as_nan, filter_scan
+    from omdx._train import filter_scan
     from omdx.agents import agent_step
 
     key = jr.PRNGKey(0)
@@ -117,10 +119,52 @@ def updates_alone(env, agent_config, steps: int, batch_size: int):
 
         return filter_scan(body, agent, jr.split(key, steps))
 
+    # XLA's cost analysis counts a loop body once, so count one update on its own.
+    arrays, static = eqx.partition(agent, eqx.is_array)
+
+    def one_update(arrays, batch):
+        new_agent, metrics = agent_step(eqx.combine(arrays, static), batch, agent_config)
+        return eqx.filter(new_agent, eqx.is_array), metrics
+
+    batch = buffer_sample(buffer, key, batch_size)
+    cost = jax.jit(one_update).lower(arrays, batch).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return run, (agent, buffer, key), float(cost["flops"])
+
+
+def updates_alone(env, agent_config, steps: int, batch_size: int):
+    """(d): updates per second of `steps` agent updates on a pre-filled buffer."""
+    from omdx._train import errors_as_nan
+
+    run, args, _ = _prepared_updates(env, agent_config, steps, batch_size)
     with errors_as_nan():
-        seconds = _timed(run, agent, buffer, key, repeats=3)
+        seconds = _timed(run, *args, repeats=3)
     print(f"  updates alone: {steps / seconds:.0f} updates/s", flush=True)
-    return steps / seconds, seconds / steps
+    return steps / seconds
+
+
+def update_costs(env, configs: dict, steps: int, batch_size: int, rounds: int):
+    """Seconds per update of each config, timed in interleaved rounds (one call of each
+    per round, so that a slow spell of the machine hits every config alike), and XLA's
+    FLOP count of one update. Returns `{name: (median seconds, min seconds, flops)}`."""
+    from omdx._train import errors_as_nan
+
+    prepared = {}
+    with errors_as_nan():
+        for name, config in configs.items():
+            run, args, flops = _prepared_updates(env, config, steps, batch_size)
+            jax.block_until_ready(run(*args))  # compile
+            prepared[name] = (run, args, flops)
+        times = {name: [] for name in configs}
+        for _ in range(rounds):
+            for name, (run, args, _) in prepared.items():
+                start = time.perf_counter()
+                jax.block_until_ready(run(*args))
+                times[name].append((time.perf_counter() - start) / steps)
+    return {
+        name: (float(np.median(times[name])), float(np.min(times[name])), prepared[name][2])
+        for name in configs
+    }
 
 
 def host_loop(agent_config, steps: int, batch_size: int, random_steps: int = 1000):
@@ -216,7 +260,7 @@ def main():
     ceilings = {}
     for agent in ["omd", "mle"]:
         config = AgentConfig(agent=agent, model_hidden=args.model_hidden)
-        ceiling, _ = updates_alone(env, config, chunk, batch_size)
+        ceiling = updates_alone(env, config, chunk, batch_size)
         ceilings[agent] = ceiling
         host = host_loop(config, host_steps, batch_size)
         single = compiled_run(env, config, 1, chunk, {"batch_size": batch_size})
@@ -282,35 +326,47 @@ def main():
         )
         print(markdown_table([r for r in rows if r["agent"] == agent], precision=2), flush=True)
 
-    cost_rows = []
-    variants = [
-        ("mle", "identity"),
-        ("vep", "identity"),
-        ("omd", "identity"),
-        ("omd", "neumann"),
-        ("omd", "cg"),
-        ("omd", "gmres"),
-    ]
-    mle_seconds = None
-    for agent, adjoint in variants:
-        config = AgentConfig(
+    variants = {
+        (agent, adjoint): AgentConfig(
             agent=agent,
             adjoint=adjoint,
             model_hidden=args.model_hidden,
             adjoint_steps=10,
             adjoint_scale=0.1,
         )
-        _, seconds = updates_alone(env, config, chunk // 2, batch_size)
-        if mle_seconds is None:
-            mle_seconds = seconds
-        cost_rows.append(
-            {
-                "agent": agent,
-                "adjoint": adjoint if agent == "omd" else "-",
-                "ms / update": 1e3 * seconds,
-                "relative to MLE": seconds / mle_seconds,
-            }
-        )
+        for agent, adjoint in [
+            ("mle", "identity"),
+            ("vep", "identity"),
+            ("omd", "identity"),
+            ("omd", "neumann"),
+            ("omd", "cg"),
+            ("omd", "gmres"),
+        ]
+    }
+    costs = update_costs(env, variants, chunk // 2, batch_size, rounds=3 if quick else 7)
+    mle_median, mle_min, mle_flops = costs[("mle", "identity")]
+    cost_rows = [
+        {
+            "agent": agent,
+            "adjoint": adjoint if agent == "omd" else "-",
+            "ms / update (median)": 1e3 * median,
+            "ms (fastest)": 1e3 * fastest,
+            "time vs MLE (median)": median / mle_median,
+            "time vs MLE (fastest)": fastest / mle_min,
+            # XLA counts a loop body once: exact only where every loop runs once (one
+            # inner step, no iterative adjoint).
+            **(
+                {
+                    "MFLOP / update": flops / 1e6,
+                    "FLOPs vs MLE": flops / mle_flops,
+                    "GFLOP/s (fastest)": flops / fastest / 1e9,
+                }
+                if agent != "omd" or adjoint == "identity"
+                else {"MFLOP / update": "-", "FLOPs vs MLE": "-", "GFLOP/s (fastest)": "-"}
+            ),
+        }
+        for (agent, adjoint), (median, fastest, flops) in costs.items()
+    ]
     print(markdown_table(cost_rows, precision=2))
 
     dtype = "float64" if args.x64 else "float32"
@@ -332,10 +388,13 @@ def main():
     text = (
         header
         + markdown_table(rows, precision=2)
-        + "\n\n## Cost of one update relative to MLE\n\nNeumann and CG with 10 steps "
-        "(Neumann scale 0.1); GMRES 10 iterations.\n\n"
-        + markdown_table(cost_rows, precision=2)
-        + "\n"
+        + "\n\n## Cost of one update relative to MLE\n\nNeumann, CG and GMRES with 10 "
+        "Hessian-vector products each (Neumann scale 0.1). Each update is timed as "
+        f"{chunk // 2} updates in one compiled call, in {3 if quick else 7} interleaved "
+        "rounds (one call of each agent per round). The FLOPs are XLA's cost analysis of "
+        "one compiled update, which no timing noise touches; XLA counts a loop body once, "
+        "so they are given only where every loop runs once (the iterative adjoints repeat "
+        "theirs 10 times).\n\n" + markdown_table(cost_rows, precision=2) + "\n"
     )
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
