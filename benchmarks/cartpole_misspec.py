@@ -11,6 +11,7 @@ compiled, vmapped run. Writes `benchmarks/results/cartpole_misspec.{md,csv}` and
 """
 
 import argparse
+import os
 import pathlib
 import time
 
@@ -44,6 +45,12 @@ def main():
     parser.add_argument("--inner-steps", type=int, default=1, help="K inner Q steps per update")
     parser.add_argument("--x64", action="store_true")
     parser.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=os.cpu_count(),
+        help="CPU devices JAX shows (default: one per core); the seeds are split over them",
+    )
+    parser.add_argument(
         "--out", default=None, help="output prefix (default results/cartpole_misspec[_kK])"
     )
     args = parser.parse_args()
@@ -52,6 +59,8 @@ def main():
 
     import jax
 
+    # Before any computation. Each seed's run is the same on any device split.
+    jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     if args.x64:
         jax.config.update("jax_enable_x64", True)
     import omdx
