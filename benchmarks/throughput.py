@@ -39,9 +39,16 @@ def _timed(fn, *args, repeats=3):
     return float(np.median(times))
 
 
-def compiled_run(env, agent_config, seeds: int, steps: int, train_config_kwargs, devices=1):
-    """(b)/(c): steps/s of one chunk of the compiled run, vmapped over `seeds`, the seeds
-    split over the first `devices` devices as `omdx.train` splits them."""
+RANDOM_STEPS = 1000
+
+
+def prepared_compiled_run(
+    env, agent_config, seeds: int, steps: int, rounds: int, train_config_kwargs, devices=1
+):
+    """(b)/(c): the compiled run vmapped over `seeds`, the seeds split over the first
+    `devices` devices as `omdx.train` splits them, compiled and run past its random steps.
+    Returns `(timed_chunk, shards)`: each call of `timed_chunk()` runs the next chunk of
+    `steps` environment steps (at most `rounds` calls) and returns its seconds."""
     from omdx._train import (
         _init_runs,
         _place_seeds,
@@ -51,30 +58,36 @@ def compiled_run(env, agent_config, seeds: int, steps: int, train_config_kwargs,
         TrainConfig,
     )
 
+    warm_up = -(-RANDOM_STEPS // steps)  # chunks until every timed step has an update
     tc = TrainConfig(
-        steps=2 * steps,
+        steps=(warm_up + rounds) * steps,
         eval_every=steps,
-        random_steps=1000,
+        random_steps=RANDOM_STEPS,
         evals_per_chunk=1,
         **train_config_kwargs,
     )
     runner = _Runner(env, agent_config, tc)
     runs = _init_runs(runner, jax.vmap(jr.PRNGKey)(jnp.arange(seeds)))
     runs, shards = _place_seeds(runs, jax.local_devices()[:devices])
-    # First chunk: warm-up and compilation, and it fills the buffer past `learning_starts`.
-    with errors_as_nan():
-        runs, _ = _run_chunk(runner, runs, jnp.asarray(0), 1, shards)
-        jax.block_until_ready(runs)
+    state = {"runs": runs, "chunk": 0}
+
+    def next_chunk():
+        with errors_as_nan():
+            runs, out = _run_chunk(
+                runner, state["runs"], jnp.asarray(state["chunk"] * steps), 1, shards
+            )
+            jax.block_until_ready(out)
+        state["runs"], state["chunk"] = runs, state["chunk"] + 1
+
+    for _ in range(warm_up):  # compilation, and the buffer filled past `learning_starts`
+        next_chunk()
+
+    def timed_chunk():
         start = time.perf_counter()
-        runs, out = _run_chunk(runner, runs, jnp.asarray(steps), 1, shards)
-        jax.block_until_ready(out)
-    seconds = time.perf_counter() - start
-    print(
-        f"  compiled run, {seeds} seeds on {shards} device(s): "
-        f"{steps * seeds / seconds:.0f} steps/s",
-        flush=True,
-    )
-    return steps * seeds / seconds
+        next_chunk()
+        return time.perf_counter() - start
+
+    return timed_chunk, shards
 
 
 def _prepared_updates(env, agent_config, steps: int, batch_size: int):
@@ -132,15 +145,22 @@ def _prepared_updates(env, agent_config, steps: int, batch_size: int):
     return run, (agent, buffer, key), float(cost["flops"])
 
 
-def updates_alone(env, agent_config, steps: int, batch_size: int):
-    """(d): updates per second of `steps` agent updates on a pre-filled buffer."""
+def prepared_updates_alone(env, agent_config, steps: int, batch_size: int):
+    """(d): `steps` agent updates on a pre-filled buffer, compiled; returns a function
+    that runs them once and returns the seconds."""
     from omdx._train import errors_as_nan
 
     run, args, _ = _prepared_updates(env, agent_config, steps, batch_size)
     with errors_as_nan():
-        seconds = _timed(run, *args, repeats=3)
-    print(f"  updates alone: {steps / seconds:.0f} updates/s", flush=True)
-    return steps / seconds
+        jax.block_until_ready(run(*args))
+
+    def timed():
+        start = time.perf_counter()
+        with errors_as_nan():
+            jax.block_until_ready(run(*args))
+        return time.perf_counter() - start
+
+    return timed
 
 
 def update_costs(env, configs: dict, steps: int, batch_size: int, rounds: int):
@@ -256,74 +276,64 @@ def main():
     host_steps = 200 if quick else 1000
     seed_counts = args.seed_counts or ([4, 16] if quick else [4, 16, 64])
     batch_size = 256
+    rounds = 2 if quick else 3
     rows = []
-    ceilings = {}
     for agent in ["omd", "mle"]:
         config = AgentConfig(agent=agent, model_hidden=args.model_hidden)
-        ceiling = updates_alone(env, config, chunk, batch_size)
-        ceilings[agent] = ceiling
         host = host_loop(config, host_steps, batch_size)
-        single = compiled_run(env, config, 1, chunk, {"batch_size": batch_size})
-        rows.append(
-            {
-                "agent": agent,
-                "setting": "(a) host loop, 1 seed",
-                "steps/s": host,
-                "vs ceiling": host / ceiling,
-            }
-        )
-        rows.append(
-            {
-                "agent": agent,
-                "setting": "(b) compiled run, 1 seed",
-                "steps/s": single,
-                "vs ceiling": single / ceiling,
-            }
-        )
-        for seeds in seed_counts:
-            aggregate = compiled_run(env, config, seeds, chunk, {"batch_size": batch_size})
+        # Every compiled setting is prepared (compiled, warmed up) first and then timed in
+        # `rounds` interleaved rounds, one chunk of each per round, so that a slow spell of
+        # the machine hits every setting alike; each row is the median over the rounds.
+        settings = {
+            "(d) updates alone (ceiling)": (
+                prepared_updates_alone(env, config, chunk, batch_size),
+                1,
+            )
+        }
+        compiled = [("(b) compiled run, 1 seed", 1, {}, 1)]
+        compiled += [(f"(c) compiled run, {n} seeds (aggregate)", n, {}, 1) for n in seed_counts]
+        if jax.local_device_count() > 1:  # the seeds split over the devices (the default)
+            compiled += [
+                (
+                    f"(c) {n} seeds over {_shard_count(n, jax.local_devices())} devices "
+                    "(aggregate)",
+                    n,
+                    {},
+                    jax.local_device_count(),
+                )
+                for n in seed_counts
+            ]
+        # Every seed in one vmapped batch (the accelerator default).
+        compiled += [
+            (f"(c) {n} seeds in one vmapped batch (aggregate)", n, {"seed_group": n}, 1)
+            for n in seed_counts
+            if n > CPU_SEED_GROUP
+        ]
+        for name, seeds, extra, devices in compiled:
+            timed, _ = prepared_compiled_run(
+                env, config, seeds, chunk, rounds, {"batch_size": batch_size, **extra}, devices
+            )
+            settings[name] = (timed, seeds)
+        seconds = {name: [] for name in settings}
+        for _ in range(rounds):
+            for name, (timed, _) in settings.items():
+                seconds[name].append(timed())
+        rate = {
+            name: chunk * seeds / float(np.median(seconds[name]))
+            for name, (_, seeds) in settings.items()
+        }
+        ceiling = rate["(d) updates alone (ceiling)"]
+        ordered = ["(a) host loop, 1 seed"] + [n for n in rate if not n.startswith("(d)")]
+        rate["(a) host loop, 1 seed"] = host
+        for name in ordered + ["(d) updates alone (ceiling)"]:
             rows.append(
                 {
                     "agent": agent,
-                    "setting": f"(c) compiled run, {seeds} seeds (aggregate)",
-                    "steps/s": aggregate,
-                    "vs ceiling": aggregate / ceiling,
+                    "setting": name,
+                    "steps/s": rate[name],
+                    "vs ceiling": rate[name] / ceiling,
                 }
             )
-        for seeds in seed_counts if jax.local_device_count() > 1 else []:
-            # Side by side: the seeds split over the devices (`omdx.train`'s default).
-            aggregate = compiled_run(
-                env, config, seeds, chunk, {"batch_size": batch_size}, jax.local_device_count()
-            )
-            shards = _shard_count(seeds, jax.local_devices())
-            rows.append(
-                {
-                    "agent": agent,
-                    "setting": f"(c) {seeds} seeds over {shards} devices (aggregate)",
-                    "steps/s": aggregate,
-                    "vs ceiling": aggregate / ceiling,
-                }
-            )
-        for seeds in [n for n in seed_counts if n > CPU_SEED_GROUP]:
-            # Side by side: every seed in one vmapped batch (the accelerator default).
-            one_batch = {"batch_size": batch_size, "seed_group": seeds}
-            aggregate = compiled_run(env, config, seeds, chunk, one_batch)
-            rows.append(
-                {
-                    "agent": agent,
-                    "setting": f"(c) {seeds} seeds in one vmapped batch (aggregate)",
-                    "steps/s": aggregate,
-                    "vs ceiling": aggregate / ceiling,
-                }
-            )
-        rows.append(
-            {
-                "agent": agent,
-                "setting": "(d) updates alone (ceiling)",
-                "steps/s": ceiling,
-                "vs ceiling": 1.0,
-            }
-        )
         print(markdown_table([r for r in rows if r["agent"] == agent], precision=2), flush=True)
 
     variants = {
@@ -379,7 +389,9 @@ def main():
         "rows without 'devices' use the first one only), "
         f"{dtype}, paper settings (double Q 2x32, model 2x{args.model_hidden}, batch "
         f"{batch_size}, one update per environment step; OMD with the identity adjoint). "
-        f"Compiled rows time one chunk of {chunk} steps after compilation; on CPU the seeds "
+        f"Compiled rows (and the ceiling) are the median of {rounds} chunks of {chunk} steps "
+        "after compilation and the random steps, timed in interleaved rounds (one chunk of "
+        "each setting per round); on CPU the seeds "
         f"run vmapped in groups of {CPU_SEED_GROUP} (`TrainConfig.seed_group`'s default), "
         "and the 'one vmapped batch' rows vmap every seed at once; the host loop "
         f"times {host_steps} steps after 1000 random ones. The authors' code runs OMD at "
