@@ -11,7 +11,6 @@ compiled, vmapped run. Writes `benchmarks/results/cartpole_misspec.{md,csv}` and
 """
 
 import argparse
-import os
 import pathlib
 import time
 
@@ -47,7 +46,7 @@ def main():
     parser.add_argument(
         "--cpu-devices",
         type=int,
-        default=os.cpu_count(),
+        default=None,
         help="CPU devices JAX shows (default: one per core); the seeds are split over them",
     )
     parser.add_argument(
@@ -59,8 +58,10 @@ def main():
 
     import jax
 
+    from omdx.cli import _use_cpu_devices
+
     # Before any computation. Each seed's run is the same on any device split.
-    jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+    _use_cpu_devices(args.cpu_devices)
     if args.x64:
         jax.config.update("jax_enable_x64", True)
     import omdx

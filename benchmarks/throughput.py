@@ -13,7 +13,6 @@
 """
 
 import argparse
-import os
 import pathlib
 import platform
 import time
@@ -28,15 +27,15 @@ import numpy as np
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 
-def _timed(fn, *args, repeats=3):
-    """Median wall-clock seconds of `fn(*args)` after one warm-up (compilation) call."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+def interleaved_seconds(timers: dict, rounds: int) -> dict:
+    """Call each of `timers` (functions that run one timed call and return its seconds)
+    once per round for `rounds` rounds, so that a slow spell of the machine hits every
+    setting alike. Returns `{name: [seconds, ...]}`."""
+    seconds = {name: [] for name in timers}
+    for _ in range(rounds):
+        for name, timed in timers.items():
+            seconds[name].append(timed())
+    return seconds
 
 
 RANDOM_STEPS = 1000
@@ -47,8 +46,8 @@ def prepared_compiled_run(
 ):
     """(b)/(c): the compiled run vmapped over `seeds`, the seeds split over the first
     `devices` devices as `omdx.train` splits them, compiled and run past its random steps.
-    Returns `(timed_chunk, shards)`: each call of `timed_chunk()` runs the next chunk of
-    `steps` environment steps (at most `rounds` calls) and returns its seconds."""
+    Returns `timed_chunk`: each call runs the next chunk of `steps` environment steps (at
+    most `rounds` calls) and returns its seconds."""
     from omdx._train import (
         _init_runs,
         _place_seeds,
@@ -69,15 +68,14 @@ def prepared_compiled_run(
     runner = _Runner(env, agent_config, tc)
     runs = _init_runs(runner, jax.vmap(jr.PRNGKey)(jnp.arange(seeds)))
     runs, shards = _place_seeds(runs, jax.local_devices()[:devices])
-    state = {"runs": runs, "chunk": 0}
+    chunk = 0
 
     def next_chunk():
+        nonlocal runs, chunk
         with errors_as_nan():
-            runs, out = _run_chunk(
-                runner, state["runs"], jnp.asarray(state["chunk"] * steps), 1, shards
-            )
+            runs, out = _run_chunk(runner, runs, jnp.asarray(chunk * steps), 1, shards)
             jax.block_until_ready(out)
-        state["runs"], state["chunk"] = runs, state["chunk"] + 1
+        chunk += 1
 
     for _ in range(warm_up):  # compilation, and the buffer filled past `learning_starts`
         next_chunk()
@@ -87,15 +85,15 @@ def prepared_compiled_run(
         next_chunk()
         return time.perf_counter() - start
 
-    return timed_chunk, shards
+    return timed_chunk
 
 
-def _prepared_updates(env, agent_config, steps: int, batch_size: int):
-    """`steps` agent updates in a `lax.scan` on a pre-filled buffer, no environment:
-    returns `(run, args, flops)`, `run(*args)` being one compiled call of all of them and
-    `flops` XLA's count of floating-point operations in one update."""
+def prepared_updates(env, agent_config, steps: int, batch_size: int):
+    """(d): `steps` agent updates in a `lax.scan` on a pre-filled buffer, no environment,
+    compiled. Returns `(timed, flops)`: `timed()` runs them once and returns the seconds;
+    `flops` is XLA's count of floating-point operations in one update."""
     from omdx import buffer_add, buffer_init, buffer_sample, init_agent, Transition
-    from omdx._train import filter_scan
+    from omdx._train import errors_as_nan, filter_scan
     from omdx.agents import agent_step
 
     key = jr.PRNGKey(0)
@@ -142,48 +140,25 @@ def _prepared_updates(env, agent_config, steps: int, batch_size: int):
     batch = buffer_sample(buffer, key, batch_size)
     cost = jax.jit(one_update).lower(arrays, batch).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    return run, (agent, buffer, key), float(cost["flops"])
-
-
-def prepared_updates_alone(env, agent_config, steps: int, batch_size: int):
-    """(d): `steps` agent updates on a pre-filled buffer, compiled; returns a function
-    that runs them once and returns the seconds."""
-    from omdx._train import errors_as_nan
-
-    run, args, _ = _prepared_updates(env, agent_config, steps, batch_size)
-    with errors_as_nan():
-        jax.block_until_ready(run(*args))
 
     def timed():
         start = time.perf_counter()
         with errors_as_nan():
-            jax.block_until_ready(run(*args))
+            jax.block_until_ready(run(agent, buffer, key))
         return time.perf_counter() - start
 
-    return timed
+    timed()  # compilation
+    return timed, float(cost["flops"])
 
 
 def update_costs(env, configs: dict, steps: int, batch_size: int, rounds: int):
-    """Seconds per update of each config, timed in interleaved rounds (one call of each
-    per round, so that a slow spell of the machine hits every config alike), and XLA's
-    FLOP count of one update. Returns `{name: (median seconds, min seconds, flops)}`."""
-    from omdx._train import errors_as_nan
-
-    prepared = {}
-    with errors_as_nan():
-        for name, config in configs.items():
-            run, args, flops = _prepared_updates(env, config, steps, batch_size)
-            jax.block_until_ready(run(*args))  # compile
-            prepared[name] = (run, args, flops)
-        times = {name: [] for name in configs}
-        for _ in range(rounds):
-            for name, (run, args, _) in prepared.items():
-                start = time.perf_counter()
-                jax.block_until_ready(run(*args))
-                times[name].append((time.perf_counter() - start) / steps)
+    """Seconds per update of each config, timed in interleaved rounds, and XLA's FLOP
+    count of one update. Returns `{name: (median seconds, min seconds, flops)}`."""
+    prepared = {name: prepared_updates(env, c, steps, batch_size) for name, c in configs.items()}
+    seconds = interleaved_seconds({name: timed for name, (timed, _) in prepared.items()}, rounds)
     return {
-        name: (float(np.median(times[name])), float(np.min(times[name])), prepared[name][2])
-        for name in configs
+        name: (np.median(seconds[name]) / steps, np.min(seconds[name]) / steps, flops)
+        for name, (_, flops) in prepared.items()
     }
 
 
@@ -255,14 +230,16 @@ def main():
     parser.add_argument(
         "--cpu-devices",
         type=int,
-        default=os.cpu_count(),
+        default=None,
         help="CPU devices JAX shows (default: one per core); the '(c) ... devices' rows split "
         "the seeds over them",
     )
     parser.add_argument("--out", default=str(RESULTS / "throughput.md"))
     args = parser.parse_args()
+    from omdx.cli import _use_cpu_devices
+
     # Before any computation. The other rows use the first device only.
-    jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+    _use_cpu_devices(args.cpu_devices)
     if args.x64:
         jax.config.update("jax_enable_x64", True)
     from omdx import AgentConfig
@@ -285,10 +262,7 @@ def main():
         # `rounds` interleaved rounds, one chunk of each per round, so that a slow spell of
         # the machine hits every setting alike; each row is the median over the rounds.
         settings = {
-            "(d) updates alone (ceiling)": (
-                prepared_updates_alone(env, config, chunk, batch_size),
-                1,
-            )
+            "(d) updates alone (ceiling)": (prepared_updates(env, config, chunk, batch_size)[0], 1)
         }
         compiled = [("(b) compiled run, 1 seed", 1, {}, 1)]
         compiled += [(f"(c) compiled run, {n} seeds (aggregate)", n, {}, 1) for n in seed_counts]
@@ -310,14 +284,13 @@ def main():
             if n > CPU_SEED_GROUP
         ]
         for name, seeds, extra, devices in compiled:
-            timed, _ = prepared_compiled_run(
+            timed = prepared_compiled_run(
                 env, config, seeds, chunk, rounds, {"batch_size": batch_size, **extra}, devices
             )
             settings[name] = (timed, seeds)
-        seconds = {name: [] for name in settings}
-        for _ in range(rounds):
-            for name, (timed, _) in settings.items():
-                seconds[name].append(timed())
+        seconds = interleaved_seconds(
+            {name: timed for name, (timed, _) in settings.items()}, rounds
+        )
         rate = {
             name: chunk * seeds / float(np.median(seconds[name]))
             for name, (_, seeds) in settings.items()
