@@ -1,11 +1,11 @@
 """Environment steps per second of OMD/MLE/VEP training on CartPole, five ways, side by side.
 
-(a) the host loop: gymnasium `CartPole-v1` stepped in Python, one jitted update per step
-    (the architecture of the authors' code); (b) the compiled run (`omdx.train`'s chunk
-    function), one seed; (c) the compiled run vmapped over 4, 16, 64 seeds (aggregate), on
-    one device and split over the CPU devices (one per core); (d) the updates alone on a
-    pre-filled buffer (the compute ceiling); and the cost of one update of each agent and
-    adjoint relative to MLE.
+(a) the host loop (`omdx.train_host`): gymnasium `CartPole-v1` stepped in Python, one
+    jitted update per step (the architecture of the authors' code); (b) the compiled run
+    (`omdx.train`'s chunk function), one seed; (c) the compiled run vmapped over 4, 16, 64
+    seeds (aggregate), on one device and split over the CPU devices (one per core); (d) the
+    updates alone on a pre-filled buffer (the compute ceiling); and the cost of one update
+    of each agent and adjoint relative to MLE.
 
     python benchmarks/throughput.py            # float32, paper settings, about 10 minutes
     python benchmarks/throughput.py --quick    # a smoke run
@@ -162,60 +162,32 @@ def update_costs(env, configs: dict, steps: int, batch_size: int, rounds: int):
     }
 
 
-def host_loop(agent_config, steps: int, batch_size: int, random_steps: int = 1000):
-    """(a): gymnasium CartPole-v1 stepped in Python; acting and updates jitted per step."""
-    from omdx import buffer_add, buffer_init, buffer_sample, init_agent, Transition
-    from omdx._train import errors_as_nan, select_action
-    from omdx.agents import agent_step
-    from omdx.envs import HostEnv
+def host_loop(agent_config, steps: int, batch_size: int):
+    """(a): `omdx.train_host` on gymnasium `CartPole-v1`, stepped in Python with jitted
+    acting and updates. Its rate over `steps` learning steps is the time of a run of
+    `RANDOM_STEPS + 1 + steps` environment steps less that of a run of `RANDOM_STEPS + 1`
+    (the same random steps and buffer size, compilation already cached). Each run ends with
+    one evaluation episode, which costs under 1% of the longer run."""
+    from omdx import train_host, TrainConfig
+    from omdx._train import errors_as_nan
 
-    env = HostEnv("CartPole-v1")
-    agent = init_agent(jr.PRNGKey(0), env, agent_config)
-    obs = env.reset(seed=0)
-    example = Transition(
-        jnp.asarray(obs), jnp.array(0, jnp.int32), jnp.zeros(()), jnp.asarray(obs), jnp.array(False)
-    )
-    buffer = buffer_init(steps + random_steps, example)
-    act = eqx.filter_jit(
-        lambda a, o, k: select_action(a, o, k, 2, explore_probability=0.1, config=agent_config)
-    )
-    add = eqx.filter_jit(buffer_add)
-
-    @eqx.filter_jit
-    def update(agent, buffer, key):
-        return agent_step(agent, buffer_sample(buffer, key, batch_size), agent_config)
-
-    key = jr.PRNGKey(1)
-    rng = np.random.default_rng(0)
-
-    def one_step(agent, buffer, obs, key, learn):
-        key, act_key, update_key = jr.split(key, 3)
-        action = int(act(agent, jnp.asarray(obs), act_key)) if learn else int(rng.integers(2))
-        step = env.step(action)
-        buffer = add(
-            buffer,
-            Transition(
-                jnp.asarray(obs),
-                jnp.array(action, jnp.int32),
-                jnp.asarray(step.reward),
-                jnp.asarray(step.next_observation),
-                jnp.asarray(step.terminated),
-            ),
+    def seconds(learning_steps):
+        total = RANDOM_STEPS + learning_steps
+        tc = TrainConfig(
+            steps=total,
+            eval_every=total,
+            eval_episodes=1,
+            random_steps=RANDOM_STEPS,
+            batch_size=batch_size,
+            buffer_size=RANDOM_STEPS + 1 + steps,  # one buffer shape: one compilation
         )
-        if learn:
-            agent, _ = update(agent, buffer, update_key)
-        return agent, buffer, step.observation, key
-
-    with errors_as_nan():
-        for _ in range(random_steps):
-            agent, buffer, obs, key = one_step(agent, buffer, obs, key, False)
-        agent, buffer, obs, key = one_step(agent, buffer, obs, key, True)  # compile
-        jax.block_until_ready(agent)
         start = time.perf_counter()
-        for _ in range(steps):
-            agent, buffer, obs, key = one_step(agent, buffer, obs, key, True)
-        jax.block_until_ready(agent)
-    rate = steps / (time.perf_counter() - start)
+        with errors_as_nan():
+            train_host("CartPole-v1", agent_config, tc, progress=False)
+        return time.perf_counter() - start
+
+    seconds(1)  # compilation
+    rate = steps / (seconds(1 + steps) - seconds(1))
     print(f"  host loop: {rate:.0f} steps/s", flush=True)
     return rate
 
@@ -366,8 +338,9 @@ def main():
         "after compilation and the random steps, timed in interleaved rounds (one chunk of "
         "each setting per round); on CPU the seeds "
         f"run vmapped in groups of {CPU_SEED_GROUP} (`TrainConfig.seed_group`'s default), "
-        "and the 'one vmapped batch' rows vmap every seed at once; the host loop "
-        f"times {host_steps} steps after 1000 random ones. The authors' code runs OMD at "
+        "and the 'one vmapped batch' rows vmap every seed at once; the host loop is "
+        f"`omdx.train_host`, timed over {host_steps} learning steps after 1000 random ones "
+        "(the difference of two runs). The authors' code runs OMD at "
         "about 90 steps/s on these 2-core machines (MLE about 58, OMD-CG about 20).\n\n"
     )
     text = (

@@ -569,6 +569,28 @@ def _check_finite(returns, metrics, seeds, steps):
             )
 
 
+# `train_host`'s jitted pieces, at module level so that a second run with the same
+# configuration reuses their compilations (configs and sizes are static arguments).
+@eqx.filter_jit
+def _host_act(agent, observation, key, explore_probability, num_actions, config):
+    return select_action(
+        agent, observation, key, num_actions, explore_probability=explore_probability, config=config
+    )
+
+
+@eqx.filter_jit
+def _host_greedy(agent, observation):
+    return jnp.argmax(jnp.min(agent.q(observation), axis=0))
+
+
+_host_add = eqx.filter_jit(buffer_add)
+
+
+@eqx.filter_jit
+def _host_update(agent, buffer, key, batch_size, config):
+    return agent_step(agent, buffer_sample(buffer, key, batch_size), config)
+
+
 def train_host(
     env: Any,
     agent_config: AgentConfig = AgentConfig(),
@@ -625,18 +647,6 @@ def train_host(
     )
     buffer = buffer_init(tc.capacity, example)
 
-    act = eqx.filter_jit(
-        lambda a, o, k, p: select_action(
-            a, o, k, env.num_actions, explore_probability=p, config=agent_config
-        )
-    )
-    greedy = eqx.filter_jit(lambda a, o: jnp.argmax(jnp.min(a.q(o), axis=0)))
-    add = eqx.filter_jit(buffer_add)
-
-    @eqx.filter_jit
-    def update(agent, buffer, key):
-        return agent_step(agent, buffer_sample(buffer, key, tc.batch_size), agent_config)
-
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -647,10 +657,14 @@ def train_host(
     with errors_as_nan():
         for t in range(tc.steps):
             key, act_key, update_key = jr.split(key, 3)
-            explore = 1.0 if t < tc.random_steps else tc.epsilon
-            action = int(act(agent, jnp.asarray(observation), act_key, explore))
+            explore = jnp.asarray(1.0 if t < tc.random_steps else tc.epsilon)
+            action = int(
+                _host_act(
+                    agent, jnp.asarray(observation), act_key, explore, env.num_actions, agent_config
+                )
+            )
             step = env.step(action)
-            buffer = add(
+            buffer = _host_add(
                 buffer,
                 Transition(
                     jnp.asarray(observation),
@@ -662,7 +676,9 @@ def train_host(
             )
             observation = step.observation
             if t >= tc.learning_starts:
-                agent, metrics = update(agent, buffer, update_key)
+                agent, metrics = _host_update(
+                    agent, buffer, update_key, tc.batch_size, agent_config
+                )
                 window.append(metrics)
             if (t + 1) % tc.eval_every == 0:
                 total = 0.0
@@ -670,7 +686,7 @@ def train_host(
                     episode += 1
                     obs, done, steps = eval_env.reset(seed=seed * 1_000_003 + episode), False, 0
                     while not done and steps < env.max_episode_steps:
-                        result = eval_env.step(int(greedy(agent, jnp.asarray(obs))))
+                        result = eval_env.step(int(_host_greedy(agent, jnp.asarray(obs))))
                         total += float(result.reward)
                         done = bool(result.terminated or result.truncated)
                         obs, steps = result.next_observation, steps + 1

@@ -118,5 +118,9 @@ def test_host_loop_trains_on_a_gymnasium_env():
     assert result.eval_returns.shape == (1, 2)
     assert np.all(result.eval_returns >= 1)
     assert np.all(np.isfinite(result.metrics["model_loss"][:, -1]))
+    # The same seed gives the same run (the second call reuses the compiled steps).
+    again = omdx.train_host("CartPole-v1", TINY_AGENT, run, seed=1, progress=False)
+    np.testing.assert_array_equal(again.eval_returns, result.eval_returns)
+    np.testing.assert_array_equal(again.metrics["model_loss"], result.metrics["model_loss"])
     with pytest.raises(TypeError, match="`env`"):
         omdx.train_host(42, TINY_AGENT, run, progress=False)
