@@ -22,7 +22,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from ._buffer import buffer_add, buffer_init, buffer_sample, ReplayBuffer
 from ._transition import Transition
-from .agents._config import AgentConfig
+from .agents._config import AgentConfig, SWEEPABLE_AGENT_FIELDS
 from .agents._state import AgentState, init_agent
 from .agents._steps import agent_step
 from .envs import AbstractEnv, make
@@ -162,14 +162,20 @@ TrainConfig.__init__.__doc__ = """**Arguments:**
 """
 
 
+SWEEPABLE = SWEEPABLE_AGENT_FIELDS + ("epsilon",)
+
+
 class RunState(eqx.Module):
-    """One seed's whole training state: agent, environment, replay buffer, key."""
+    """One seed's whole training state: agent, environment, replay buffer, key, and the
+    run's values of any swept hyperparameters (`{}` unless [`omdx.train`][] was given a
+    `sweep`)."""
 
     agent: AgentState
     env_state: PyTree
     observation: Float[Array, " obs"]
     buffer: ReplayBuffer
     key: PRNGKeyArray
+    hyperparameters: dict[str, Float[Array, ""]] = eqx.field(default_factory=dict)
 
 
 class TrainResult(eqx.Module):
@@ -282,17 +288,30 @@ class _Runner(eqx.Module):
         buffer = buffer_init(self.train_config.capacity, example)
         return RunState(agent, env_state, observation, buffer, run_key)
 
+    def agent_config_of(self, run: RunState) -> AgentConfig:
+        """The agent config with the run's swept values (traced) in place of the static ones."""
+        names = [name for name in run.hyperparameters if name in SWEEPABLE_AGENT_FIELDS]
+        if not names:
+            return self.agent_config
+        return eqx.tree_at(
+            lambda c: [getattr(c, name) for name in names],
+            self.agent_config,
+            [run.hyperparameters[name] for name in names],
+        )
+
     def env_step(self, run: RunState, t: Int[Array, ""]):
         tc = self.train_config
+        agent_config = self.agent_config_of(run)
         key, act_key, env_key, sample_key = jr.split(run.key, 4)
-        explore = jnp.where(t < tc.random_steps, 1.0, tc.epsilon)
+        epsilon = run.hyperparameters.get("epsilon", tc.epsilon)
+        explore = jnp.where(t < tc.random_steps, 1.0, epsilon)
         action = select_action(
             run.agent,
             run.observation,
             act_key,
             self.env.num_actions,
             explore_probability=explore,
-            config=self.agent_config,
+            config=agent_config,
         )
         env_state, step = self.env.step(run.env_state, action, env_key)
         transition = Transition(
@@ -304,7 +323,7 @@ class _Runner(eqx.Module):
         batch = buffer_sample(buffer, sample_key, tc.batch_size)
         # `t` is not batched over seeds, so this stays a real branch under vmap.
         learn = t >= tc.learning_starts
-        update = ft.partial(agent_step, config=self.agent_config)
+        update = ft.partial(agent_step, config=agent_config)
         metric_shapes = eqx.filter_eval_shape(update, run.agent, batch)[1]
 
         def no_update(agent, batch):
@@ -313,7 +332,7 @@ class _Runner(eqx.Module):
             return agent, zeros
 
         agent, metrics = filter_cond(learn, update, no_update, run.agent, batch)
-        run = RunState(agent, env_state, step.observation, buffer, key)
+        run = RunState(agent, env_state, step.observation, buffer, key, run.hyperparameters)
         return run, (metrics, learn)
 
     def iteration(self, run: RunState, start: Int[Array, ""]):
@@ -433,6 +452,46 @@ def _as_seeds(seeds) -> np.ndarray:
     return array
 
 
+def _sweep_points(sweep, agent_config: AgentConfig, train_config: TrainConfig) -> dict:
+    """`sweep` validated (every value through the configs' own checks) as
+    `{name: float64 array [points]}`; `{}` for no sweep."""
+    if sweep is None:
+        return {}
+    if not isinstance(sweep, dict) or not sweep:
+        raise ValueError(f"`sweep` must be a non-empty dict {{name: [values]}}, got {sweep!r}.")
+    points = {}
+    for name, values in sweep.items():
+        if name not in SWEEPABLE:
+            raise ValueError(
+                f"`sweep` cannot vary {name!r}: expected names from {SWEEPABLE} (the other "
+                "settings change shapes or branches of the compiled run; train them separately)."
+            )
+        try:
+            array = np.asarray(values, dtype=float)
+        except (TypeError, ValueError):
+            array = None
+        if array is None or array.ndim != 1 or array.size == 0:
+            raise ValueError(
+                f"`sweep[{name!r}]` must be a non-empty list of numbers, got {values!r}."
+            )
+        for value in array.tolist():
+            try:
+                if name == "epsilon":
+                    dataclasses.replace(train_config, epsilon=value)
+                else:
+                    dataclasses.replace(agent_config, **{name: value})
+            except ValueError as error:
+                raise ValueError(f"`sweep[{name!r}]`: {error}") from None
+        points[name] = array
+    lengths = {name: array.size for name, array in points.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(
+            "`sweep`'s lists must have one value per point, so equal lengths (for a grid, "
+            f"list the product, e.g. with `itertools.product`), got lengths {lengths}."
+        )
+    return points
+
+
 def _chunk_plan(total: int, per_chunk: int) -> list[int]:
     full, rest = divmod(total, per_chunk)
     return [per_chunk] * full + ([rest] if rest else [])
@@ -444,10 +503,11 @@ def train(
     train_config: TrainConfig = TrainConfig(),
     *,
     seeds: int | Sequence[int] = 1,
+    sweep: dict[str, Sequence[float]] | None = None,
     progress: bool = True,
     on_chunk: Callable[[dict[str, Any]], None] | None = None,
     devices: Sequence[jax.Device] | None = None,
-) -> TrainResult:
+) -> TrainResult | list[TrainResult]:
     """Train an OMD, MLE or VEP agent on a JAX environment, all seeds in one compiled run.
 
     Each chunk of `evals_per_chunk` evaluation windows is one `jax.jit` call of a
@@ -463,9 +523,19 @@ def train(
     - `train_config`: the [`omdx.TrainConfig`][].
     - `seeds`: a number of seeds (`0..n-1`) or a list of seeds; the same seed gives the
         same run.
+    - `sweep`: several values of hyperparameters that set no shape, trained in the same
+        compiled, vmapped run as the seeds: `{name: [value per point]}` with names from
+        `gamma`, `temperature`, `target_update`, `q_lr`, `model_lr` (of `agent_config`)
+        and `epsilon` (of `train_config`); the lists have one value per point (so equal
+        lengths). Every point runs every seed, from the same initial networks. For a
+        grid, list its product. `inner_steps` and network sizes change the compiled
+        program: train them in separate calls.
     - `progress`: show a progress bar over environment steps.
     - `on_chunk`: called after each chunk with a dict: `eval_steps` `[k]`, `eval_returns`
-        `[n_seeds, k]`, `metrics` (dict of `[n_seeds, k]`), for streaming to disk.
+        `[n_runs, k]`, `metrics` (dict of `[n_runs, k]`), `seeds` `[n_runs]` and
+        `hyperparameters` (dict of `[n_runs]`, empty without a sweep), for streaming to
+        disk; the runs are the seeds of each sweep point in turn (just the seeds without
+        a sweep).
     - `devices`: the devices to split the seeds over; default `jax.local_devices()`. The
         seeds go to the largest number of them that divides the seed count evenly. On CPU,
         JAX shows one device unless asked for more before its first computation:
@@ -474,12 +544,12 @@ def train(
 
     **Returns:**
 
-    An [`omdx.TrainResult`][].
+    An [`omdx.TrainResult`][]; with a `sweep`, a list of them, one per point, in order.
 
     **Raises:**
 
     `FloatingPointError` as soon as a chunk produces a non-finite return or loss (after
-    `on_chunk` has received it), naming the seeds and the step.
+    `on_chunk` has received it), naming the seeds (and sweep values) and the step.
     """
     if isinstance(env, str):
         env = make(env)
@@ -495,6 +565,15 @@ def train(
     if not isinstance(train_config, TrainConfig):
         raise TypeError(f"`train_config` must be a `TrainConfig`, got {type(train_config)}.")
     seed_array = _as_seeds(seeds)
+    points = _sweep_points(sweep, agent_config, train_config)
+    n_points = len(next(iter(points.values()))) if points else 1
+    # Runs are the seeds of each sweep point in turn.
+    run_seeds = np.tile(seed_array, n_points)
+    run_values = {name: np.repeat(values, len(seed_array)) for name, values in points.items()}
+    run_labels = [
+        ", ".join(f"{name}={values[i]:g}" for name, values in run_values.items())
+        for i in range(len(run_seeds))
+    ]
     if devices is not None:
         devices = list(devices)
         if not devices or not all(isinstance(d, jax.Device) for d in devices):
@@ -502,8 +581,14 @@ def train(
                 f"`devices` must be a non-empty list of `jax.Device`s, got {devices!r}."
             )
     runner = _Runner(env, agent_config, train_config)
-    keys = jax.vmap(jr.PRNGKey)(jnp.asarray(seed_array))
-    runs, shards = _place_seeds(_init_runs(runner, keys), devices)
+    keys = jax.vmap(jr.PRNGKey)(jnp.asarray(run_seeds))
+    runs = _init_runs(runner, keys)
+    if run_values:
+        dtype = jnp.result_type(float)
+        runs = dataclasses.replace(
+            runs, hyperparameters={k: jnp.asarray(v, dtype) for k, v in run_values.items()}
+        )
+    runs, shards = _place_seeds(runs, devices)
 
     total_evals = train_config.steps // train_config.eval_every
     eval_steps, returns, metric_log = [], [], {}
@@ -512,7 +597,7 @@ def train(
         from tqdm.auto import tqdm
 
         bar = tqdm(
-            total=train_config.steps, unit="step", desc=f"{agent_config.agent} x{len(seed_array)}"
+            total=train_config.steps, unit="step", desc=f"{agent_config.agent} x{len(run_seeds)}"
         )
     start = 0
     for iterations in _chunk_plan(total_evals, train_config.evals_per_chunk):
@@ -533,26 +618,43 @@ def train(
                     "eval_steps": steps,
                     "eval_returns": chunk_returns,
                     "metrics": chunk_metrics,
-                    "seeds": seed_array,
+                    "seeds": run_seeds,
+                    "hyperparameters": run_values,
                 }
             )
         start += iterations * train_config.eval_every
         if bar is not None:
             bar.update(iterations * train_config.eval_every)
             bar.set_postfix(eval_return=f"{float(np.mean(chunk_returns[:, -1])):.1f}")
-        _check_finite(chunk_returns, chunk_metrics, seed_array, steps)
+        _check_finite(chunk_returns, chunk_metrics, run_seeds, steps, run_labels)
     if bar is not None:
         bar.close()
-    return TrainResult(
-        seeds=seed_array,
+    result = TrainResult(
+        seeds=run_seeds,
         eval_steps=np.concatenate(eval_steps),
         eval_returns=np.concatenate(returns, axis=1),
         metrics={k: np.concatenate(v, axis=1) for k, v in metric_log.items()},
         final_state=runs,
     )
+    if not points:
+        return result
+    n = len(seed_array)
+    return [_runs_of(result, slice(i * n, (i + 1) * n)) for i in range(n_points)]
 
 
-def _check_finite(returns, metrics, seeds, steps):
+def _runs_of(result: TrainResult, runs: slice) -> TrainResult:
+    """The runs `runs` of `result` (every array but `eval_steps` has runs leading)."""
+    per_run = ft.partial(jax.tree.map, lambda x: x[runs] if eqx.is_array(x) else x)
+    return TrainResult(
+        seeds=result.seeds[runs],
+        eval_steps=result.eval_steps,
+        eval_returns=result.eval_returns[runs],
+        metrics=per_run(result.metrics),
+        final_state=per_run(result.final_state),
+    )
+
+
+def _check_finite(returns, metrics, seeds, steps, labels=None):
     checked = {
         "eval_return": returns,
         **{k: v for k, v in metrics.items() if k in ("model_loss", "q_real_loss", "q_model_loss")},
@@ -560,10 +662,13 @@ def _check_finite(returns, metrics, seeds, steps):
     for name, values in checked.items():
         bad = ~np.isfinite(values)
         if bad.any():
-            seed_idx, step_idx = np.nonzero(bad)
+            run_idx, step_idx = np.nonzero(bad)
+            where = f"seeds {sorted(set(seeds[run_idx].tolist()))}"
+            if labels is not None and any(labels):
+                where += f" at {sorted(set(labels[i] for i in run_idx))}"
             raise FloatingPointError(
-                f"Training produced a non-finite `{name}` for seeds "
-                f"{sorted(set(seeds[seed_idx].tolist()))} by step {int(steps[step_idx.min()])}. "
+                f"Training produced a non-finite `{name}` for {where} by step "
+                f"{int(steps[step_idx.min()])}. "
                 "Lower the learning rates, or for the Neumann adjoint lower `adjoint_scale` "
                 "below 1/(largest Hessian eigenvalue)."
             )

@@ -73,6 +73,74 @@ def test_vmapped_seeds_equal_single_seed_runs(cartpole):
     assert np.all(together.metrics["inner_result"] == 0)
 
 
+SWEEP = {
+    "gamma": [0.99, 0.9],
+    "temperature": [0.01, 0.1],
+    "target_update": [0.01, 0.05],
+    "q_lr": [3e-4, 1e-3],
+    "model_lr": [1e-3, 3e-3],
+    "epsilon": [0.1, 0.3],
+}
+
+
+def test_sweep_points_equal_separate_runs(cartpole):
+    config = dataclasses.replace(TINY_AGENT, inner_steps=2)
+    chunks = []
+    swept = omdx.train(
+        cartpole,
+        config,
+        TINY_RUN,
+        seeds=[3, 4],
+        sweep=SWEEP,
+        progress=False,
+        on_chunk=chunks.append,
+    )
+    assert len(swept) == 2
+    # Streamed: the seeds of each point in turn, with their values.
+    np.testing.assert_array_equal(chunks[0]["seeds"], [3, 4, 3, 4])
+    np.testing.assert_allclose(chunks[0]["hyperparameters"]["q_lr"], [3e-4, 3e-4, 1e-3, 1e-3])
+    # The second point (no default value in it) as a plain run: static (Python float)
+    # settings, its own compilation.
+    values = {name: point[1] for name, point in SWEEP.items()}
+    epsilon = values.pop("epsilon")
+    alone = omdx.train(
+        cartpole,
+        dataclasses.replace(config, **values),
+        dataclasses.replace(TINY_RUN, epsilon=epsilon),
+        seeds=[3, 4],
+        progress=False,
+    )
+    result = swept[1]
+    np.testing.assert_array_equal(result.seeds, [3, 4])
+    np.testing.assert_array_equal(result.eval_steps, alone.eval_steps)
+    np.testing.assert_array_equal(result.eval_returns, alone.eval_returns)
+    for name, metric in alone.metrics.items():
+        np.testing.assert_allclose(result.metrics[name], metric, rtol=1e-4, atol=1e-6, err_msg=name)
+    assert result.final_state.hyperparameters["q_lr"].tolist() == pytest.approx([1e-3, 1e-3])
+    # The values reach the updates: the two points' models differ.
+    assert not np.allclose(swept[0].metrics["model_loss"], swept[1].metrics["model_loss"])
+
+
+def test_bad_sweep_raises_before_training(cartpole):
+    def run(sweep):
+        omdx.train(cartpole, TINY_AGENT, TINY_RUN, sweep=sweep, progress=False)
+
+    with pytest.raises(ValueError, match="cannot vary 'inner_steps'"):
+        run({"inner_steps": [1, 5]})
+    with pytest.raises(ValueError, match="equal lengths"):
+        run({"q_lr": [1e-3, 3e-4], "model_lr": [1e-3]})
+    with pytest.raises(ValueError, match="`q_lr` must be > 0"):
+        run({"q_lr": [1e-3, -1.0]})
+    with pytest.raises(ValueError, match="`epsilon` must be in"):
+        run({"epsilon": [0.1, 2.0]})
+    with pytest.raises(ValueError, match=r"sweep\['gamma'\]` must be a non-empty list"):
+        run({"gamma": []})
+    with pytest.raises(ValueError, match=r"sweep\['gamma'\]` must be a non-empty list"):
+        run({"gamma": "high"})
+    with pytest.raises(ValueError, match="non-empty dict"):
+        run({})
+
+
 def test_shard_count_divides_the_seeds():
     devices = ["a", "b", "c", "d"]  # only their number matters
     assert [_shard_count(n, devices) for n in (1, 2, 3, 4, 6, 9, 10)] == [1, 2, 3, 4, 3, 3, 2]

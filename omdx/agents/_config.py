@@ -9,6 +9,9 @@ AGENTS = ("omd", "mle", "vep")
 AGENT_ADJOINTS = ("identity", "neumann", "cg", "gmres", "direct")
 MODEL_NOISES = ("deterministic", "gaussian")
 INNER_OPTIMISERS = ("adam", "sgd")
+# The fields that are PyTree leaves rather than static: they set no shape and no branch, so
+# `omdx.train(..., sweep=...)` can run several values of them in one vmapped compilation.
+SWEEPABLE_AGENT_FIELDS = ("gamma", "temperature", "target_update", "q_lr", "model_lr")
 
 
 def _check_positive_int(name: str, value, minimum: int = 1):
@@ -28,7 +31,10 @@ def _check_number(name: str, value, *, low=None, high=None, low_open=False, high
 class AgentConfig(eqx.Module):
     """Hyperparameters of the OMD, MLE and VEP agents; defaults are the paper's CartPole ones.
 
-    All fields are static Python values, validated at construction.
+    All fields are Python values, validated at construction. Those that set no shape and
+    no branch (`gamma`, `temperature`, `target_update`, `q_lr`, `model_lr`) are PyTree
+    leaves, so that [`omdx.train`][]'s `sweep` can run several values in one compiled,
+    vmapped run; the others are static.
     """
 
     agent: str = eqx.field(static=True, default="omd")
@@ -37,12 +43,12 @@ class AgentConfig(eqx.Module):
     model_hidden: int = eqx.field(static=True, default=32)
     model_depth: int = eqx.field(static=True, default=2)
     model_noise: str = eqx.field(static=True, default="deterministic")
-    gamma: float = eqx.field(static=True, default=0.99)
-    temperature: float = eqx.field(static=True, default=0.01)
+    gamma: float = 0.99
+    temperature: float = 0.01
     soft: bool = eqx.field(static=True, default=True)
-    target_update: float = eqx.field(static=True, default=0.01)
-    q_lr: float = eqx.field(static=True, default=3e-4)
-    model_lr: float = eqx.field(static=True, default=1e-3)
+    target_update: float = 0.01
+    q_lr: float = 3e-4
+    model_lr: float = 1e-3
     inner_steps: int = eqx.field(static=True, default=1)
     q_weight_decay: float = eqx.field(static=True, default=0.0)
     inner_optimiser: str = eqx.field(static=True, default="adam")

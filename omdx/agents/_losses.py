@@ -120,7 +120,12 @@ class BellmanRegressionGradient(eqx.Module):
     """
 
     q_static: PyTree
-    config: AgentConfig = eqx.field(static=True)
+    q_weight_decay: float = eqx.field(static=True)
+
+    def __init__(self, q_static: PyTree, config: AgentConfig):
+        self.q_static = q_static
+        # Only this (shape-like) setting: the rest of `config` may hold traced values.
+        self.q_weight_decay = config.q_weight_decay
 
     def __call__(self, q_params, args):
         targets, observation, action = args
@@ -128,10 +133,10 @@ class BellmanRegressionGradient(eqx.Module):
         def loss(params):
             q = eqx.combine(params, self.q_static)
             value = regression_loss(q, observation, action, targets)
-            if self.config.q_weight_decay == 0:
+            if self.q_weight_decay == 0:
                 return value
             squares = sum(jnp.sum(p**2) for p in jax.tree.leaves(params))
-            return value + 0.5 * self.config.q_weight_decay * squares
+            return value + 0.5 * self.q_weight_decay * squares
 
         value, gradient = jax.value_and_grad(loss)(q_params)
         return gradient, value
