@@ -1,8 +1,8 @@
 """The `omdx` console script.
 
 - `omdx demo`: the README's main job, OMD vs MLE on CartPole with a too-small model.
-- `omdx train`: one agent, many seeds, one compiled run; writes config, metrics, summary
-    and curves.
+- `omdx train`: one agent, many seeds (and `--sweep` values), one compiled run; writes
+    config, metrics, summary and curves.
 - `omdx compare`: OMD, MLE and VEP on the same settings, with a table of final return and
     area under the curve.
 - `omdx tabular {misspec,bounds,noise}`: the paper's tabular studies.
@@ -93,6 +93,27 @@ def _configs(args, agent: str):
     return agent_config, train_config
 
 
+def _parse_sweep(items: Sequence[str] | None) -> dict[str, list[float]] | None:
+    """`--sweep NAME=V1,V2,...` (repeated) as `train`'s `sweep` dict; `None` if absent."""
+    if not items:
+        return None
+    sweep = {}
+    for item in items:
+        name, _, values = item.partition("=")
+        name = name.strip().replace("-", "_")
+        try:
+            numbers = [float(v) for v in values.split(",")]
+        except ValueError:
+            numbers = None
+        if not name or numbers is None or name in sweep:
+            raise ValueError(
+                "`--sweep` expects NAME=V1,V2,... once per name (e.g. --sweep "
+                f"model_lr=1e-3,3e-3), got {item!r}."
+            )
+        sweep[name] = numbers
+    return sweep
+
+
 def _use_cpu_devices(count: int | None) -> None:
     """Ask JAX for `count` CPU devices (default: one per core), over which `train` splits
     the seeds. JAX takes this only before its first computation: a process that has
@@ -119,13 +140,15 @@ def run_agent(args, agent: str, out: pathlib.Path):
     import jax
 
     from ._report import CsvAppender, plot_curves, run_summary, write_json
-    from ._train import train
+    from ._train import _sweep_points, train
     from .envs import make
 
     _use_cpu_devices(args.cpu_devices)
     if args.x64:
         jax.config.update("jax_enable_x64", True)
     agent_config, train_config = _configs(args, agent)
+    sweep = _parse_sweep(getattr(args, "sweep", None))
+    _sweep_points(sweep, agent_config, train_config)  # a bad sweep fails before any file
     env = make(args.env, distractors=args.distractors)
     out.mkdir(parents=True, exist_ok=True)
     write_json(
@@ -137,6 +160,7 @@ def run_agent(args, agent: str, out: pathlib.Path):
             "x64": args.x64,
             "agent": dataclasses.asdict(agent_config),
             "train": dataclasses.asdict(train_config),
+            "sweep": sweep,
         },
     )
     csv = CsvAppender(out / "metrics.csv")
@@ -147,6 +171,7 @@ def run_agent(args, agent: str, out: pathlib.Path):
             for j, step in enumerate(chunk["eval_steps"]):
                 row = {
                     "agent": agent,
+                    **{k: float(v[i]) for k, v in chunk["hyperparameters"].items()},
                     "seed": int(seed),
                     "step": int(step),
                     "eval_return": float(chunk["eval_returns"][i, j]),
@@ -161,19 +186,36 @@ def run_agent(args, agent: str, out: pathlib.Path):
         agent_config,
         train_config,
         seeds=args.seeds,
+        sweep=sweep,
         progress=not args.no_progress,
         on_chunk=on_chunk,
     )
     seconds = time.perf_counter() - start
-    summary = run_summary(result)
+    points = result if sweep else [result]
+    if sweep:
+        labels = [
+            ", ".join(f"{name}={values[i]:g}" for name, values in sweep.items())
+            for i in range(len(points))
+        ]
+        summary = {
+            "points": [
+                {"hyperparameters": {name: values[i] for name, values in sweep.items()}}
+                | run_summary(point)
+                for i, point in enumerate(points)
+            ]
+        }
+    else:
+        labels = [agent]
+        summary = run_summary(result)
     summary["wall_seconds"] = seconds
-    summary["env_steps_per_second"] = args.steps * args.seeds / seconds
-    # The devices the seeds were split over.
-    summary["devices"] = sorted(str(d) for d in result.final_state.key.sharding.device_set)
+    summary["env_steps_per_second"] = args.steps * args.seeds * len(points) / seconds
+    # The devices the runs were split over.
+    devices = set().union(*(p.final_state.key.sharding.device_set for p in points))
+    summary["devices"] = sorted(str(d) for d in devices)
     write_json(out / "summary.json", summary)
     plot_curves(
         out / "curves.png",
-        {agent: (result.eval_steps, result.eval_returns)},
+        {label: (p.eval_steps, p.eval_returns) for label, p in zip(labels, points)},
         title=f"{agent} on {args.env} (model_hidden={args.model_hidden})",
     )
     return result, summary
@@ -182,12 +224,14 @@ def run_agent(args, agent: str, out: pathlib.Path):
 def _cmd_train(args) -> int:
     out = pathlib.Path(args.out)
     _, summary = run_agent(args, args.agent, out)
-    print(
-        f"{args.agent}: final return {summary['final_return_mean']:.1f} "
-        f"± {summary['final_return_ci95']:.1f}, AUC {summary['auc_mean']:.1f} "
-        f"± {summary['auc_ci95']:.1f} over {args.seeds} seeds "
-        f"({summary['wall_seconds']:.0f} s). Results in {out}/"
-    )
+    for point in summary.get("points", [summary]):
+        values = "".join(f", {k}={v:g}" for k, v in point.get("hyperparameters", {}).items())
+        print(
+            f"{args.agent}{values}: final return {point['final_return_mean']:.1f} "
+            f"± {point['final_return_ci95']:.1f}, AUC {point['auc_mean']:.1f} "
+            f"± {point['auc_ci95']:.1f} over {args.seeds} seeds"
+        )
+    print(f"({summary['wall_seconds']:.0f} s). Results in {out}/")
     return 0
 
 
@@ -248,6 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = subparsers.add_parser("train", help="train one agent over many seeds")
     train.add_argument("--agent", default="omd", choices=("omd", "mle", "vep"))
+    train.add_argument(
+        "--sweep",
+        action="append",
+        metavar="NAME=V1,V2,...",
+        help="train every seed at each value in the same compiled run (repeat for more names, "
+        "one value per point each): q_lr, model_lr, gamma, temperature, target_update, epsilon",
+    )
     _add_run_arguments(train, steps=200_000, seeds=10, model_hidden=32, out="runs/train")
     train.set_defaults(run=_cmd_train)
 

@@ -55,6 +55,43 @@ def test_train_command_writes_its_files(tmp_path, capsys):
     assert (out / "curves.png").stat().st_size > 0
 
 
+def test_train_command_sweeps_in_one_run(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    tiny = "--steps 400 --random-steps 200 --eval-every 200 --eval-episodes 2 --batch-size 32"
+    argv = ["train", "--agent", "mle", "--seeds", "2", "--q-hidden", "16", "--model-hidden", "8"]
+    argv += ["--sweep", "model-lr=1e-3,3e-3", "--sweep", "epsilon=0.1,0.3"]
+    argv += tiny.split() + ["--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "mle, model_lr=0.001, epsilon=0.1: final return" in printed
+    assert "mle, model_lr=0.003, epsilon=0.3: final return" in printed
+    with (out / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    # One row per point, seed and evaluation, with the point's values.
+    keys = sorted((float(r["model_lr"]), float(r["epsilon"]), int(r["seed"])) for r in rows)
+    assert keys == sorted(
+        (lr, eps, seed) for lr, eps in [(1e-3, 0.1), (3e-3, 0.3)] for seed in (0, 1) for _ in "ab"
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert [p["hyperparameters"] for p in summary["points"]] == [
+        {"model_lr": 1e-3, "epsilon": 0.1},
+        {"model_lr": 3e-3, "epsilon": 0.3},
+    ]
+    for point in summary["points"]:
+        finals = {
+            int(r["seed"]): float(r["eval_return"])
+            for r in rows
+            if r["step"] == "400" and float(r["model_lr"]) == point["hyperparameters"]["model_lr"]
+        }
+        assert point["final_return_per_seed"] == [finals[0], finals[1]]
+    assert json.loads((out / "config.json").read_text())["sweep"]["epsilon"] == [0.1, 0.3]
+    with pytest.raises(ValueError, match="`--sweep` expects NAME=V1,V2"):
+        main(["train", "--sweep", "model_lr=fast", "--out", str(tmp_path / "bad")])
+    with pytest.raises(ValueError, match="cannot vary 'q_hidden'"):
+        main(["train", "--sweep", "q_hidden=8,16", "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
+
+
 def test_bad_arguments_fail_before_training(tmp_path):
     with pytest.raises(SystemExit):  # argparse rejects an unknown adjoint
         main(["train", "--adjoint", "newton", "--out", str(tmp_path)])
