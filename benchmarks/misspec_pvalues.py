@@ -1,0 +1,86 @@
+"""OMD vs MLE per setting of the misspecification study: a two-sided permutation test on
+the per-seed final returns written by `cartpole_misspec.py`.
+
+    python benchmarks/misspec_pvalues.py benchmarks/results/cartpole_misspec_k5_small.csv
+
+The final return of a seed is the mean of its last 5 evaluations (as in the study's
+tables). The test statistic is the difference of the two agents' mean final returns; the
+p-value is the share of all relabellings of the pooled seeds (every split into two groups
+of the original sizes) whose difference is at least as large in absolute value.
+"""
+
+import argparse
+import csv
+import itertools
+import pathlib
+
+import numpy as np
+
+
+FINAL_EVALS = 5
+
+
+def final_returns(path) -> dict:
+    """`{(model_hidden, distractors, agent): per-seed final returns}` from one CSV."""
+    curves = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            key = (int(row["model_hidden"]), int(row["distractors"]), row["agent"])
+            seed_curve = curves.setdefault(key, {}).setdefault(int(row["seed"]), [])
+            seed_curve.append((int(row["step"]), float(row["eval_return"])))
+    finals = {}
+    for key, seeds in curves.items():
+        finals[key] = np.array(
+            [np.mean([r for _, r in sorted(c)[-FINAL_EVALS:]]) for _, c in sorted(seeds.items())]
+        )
+    return finals
+
+
+def permutation_p_value(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact two-sided permutation test of the difference in means."""
+    pooled = np.concatenate([a, b])
+    observed = abs(a.mean() - b.mean())
+    splits = np.array(list(itertools.combinations(range(len(pooled)), len(a))))
+    in_a = np.zeros((len(splits), len(pooled)), bool)
+    in_a[np.arange(len(splits))[:, None], splits] = True
+    sum_a = in_a @ pooled
+    diffs = sum_a / len(a) - (pooled.sum() - sum_a) / len(b)
+    return float(np.mean(np.abs(diffs) >= observed - 1e-9))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "csv", nargs="+", help="CSVs written by cartpole_misspec.py (each tested on its own)"
+    )
+    parser.add_argument("--out", default=None, help="also write the table to this .md file")
+    args = parser.parse_args()
+    lines = [
+        "| results | model_hidden | distractors | omd final | mle final | omd - mle | p |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for path in args.csv:
+        finals = final_returns(path)
+        for hidden, distractors in sorted({(h, d) for h, d, _ in finals}):
+            omd = finals.get((hidden, distractors, "omd"))
+            mle = finals.get((hidden, distractors, "mle"))
+            if omd is None or mle is None:
+                continue
+            p = permutation_p_value(omd, mle)
+            lines.append(
+                f"| {pathlib.Path(path).stem} | {hidden} | {distractors} | {omd.mean():.1f} | "
+                f"{mle.mean():.1f} | {omd.mean() - mle.mean():+.1f} | {p:.3f} |"
+            )
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        pathlib.Path(args.out).write_text(
+            "# OMD vs MLE: permutation tests\n\n`python benchmarks/misspec_pvalues.py "
+            + " ".join(args.csv)
+            + "`: two-sided exact permutation test on the per-seed final returns (mean of "
+            f"the last {FINAL_EVALS} evaluations).\n\n" + text + "\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
