@@ -47,7 +47,7 @@ class GradientSteps(optx.AbstractRootFinder):
     """
 
     optim: optax.GradientTransformation
-    steps: int = eqx.field(static=True)
+    steps: int | Int[Array, ""]  # a leaf: traced when `omdx.train` sweeps `inner_steps`
     rtol: float = 0.0
     atol: float = 0.0
     norm: Callable[[PyTree], Scalar] = optx.two_norm
@@ -64,7 +64,10 @@ class GradientSteps(optx.AbstractRootFinder):
                 "`optim` must be an `optax.GradientTransformation` (for example "
                 f"`optax.adam(3e-4)`), got {type(optim).__name__}."
             )
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        if isinstance(steps, jax.Array):
+            if steps.shape != () or not jnp.issubdtype(steps.dtype, jnp.integer):
+                raise ValueError(f"`steps` must be a scalar integer array, got {steps!r}.")
+        elif not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
             raise ValueError(f"`steps` must be a non-negative int, got {steps!r}.")
         if not atol >= 0:
             raise ValueError(f"`atol` must be non-negative, got {atol!r}.")
@@ -127,7 +130,9 @@ GradientSteps.__init__.__doc__ = r"""**Arguments:**
 
 - `optim`: the Optax optimiser, e.g. `optax.adam(3e-4)`.
 - `steps`: how many optimiser steps to take ($K \geq 0$; $K = 1$ from a warm start is
-    the paper's setting). `root_find`'s `max_steps` must be at least `steps`.
+    the paper's setting). `root_find`'s `max_steps` must be at least `steps`. It may be
+    a (traced) integer array, so that runs with different $K$ can be vmapped together:
+    each stops at its own $K$.
 - `atol`: stop early once the residual's norm is below this (default 0: never).
 - `norm`: the norm of the residual used for `atol` and the reported statistics.
 """

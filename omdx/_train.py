@@ -163,6 +163,7 @@ TrainConfig.__init__.__doc__ = """**Arguments:**
 
 
 SWEEPABLE = SWEEPABLE_AGENT_FIELDS + ("epsilon",)
+_INTEGER_SWEEPS = ("inner_steps",)
 
 
 class RunState(eqx.Module):
@@ -175,7 +176,7 @@ class RunState(eqx.Module):
     observation: Float[Array, " obs"]
     buffer: ReplayBuffer
     key: PRNGKeyArray
-    hyperparameters: dict[str, Float[Array, ""]] = eqx.field(default_factory=dict)
+    hyperparameters: dict[str, Array] = eqx.field(default_factory=dict)
 
 
 class TrainResult(eqx.Module):
@@ -454,7 +455,7 @@ def _as_seeds(seeds) -> np.ndarray:
 
 def _sweep_points(sweep, agent_config: AgentConfig, train_config: TrainConfig) -> dict:
     """`sweep` validated (every value through the configs' own checks) as
-    `{name: float64 array [points]}`; `{}` for no sweep."""
+    `{name: array [points]}` (float64; int64 for `inner_steps`); `{}` for no sweep."""
     if sweep is None:
         return {}
     if not isinstance(sweep, dict) or not sweep:
@@ -474,6 +475,10 @@ def _sweep_points(sweep, agent_config: AgentConfig, train_config: TrainConfig) -
             raise ValueError(
                 f"`sweep[{name!r}]` must be a non-empty list of numbers, got {values!r}."
             )
+        if name in _INTEGER_SWEEPS:
+            if not np.all(np.isfinite(array) & (array == np.round(array))):
+                raise ValueError(f"`sweep[{name!r}]` must list integers, got {values!r}.")
+            array = array.astype(np.int64)
         for value in array.tolist():
             try:
                 if name == "epsilon":
@@ -525,11 +530,12 @@ def train(
         same run.
     - `sweep`: several values of hyperparameters that set no shape, trained in the same
         compiled, vmapped run as the seeds: `{name: [value per point]}` with names from
-        `gamma`, `temperature`, `target_update`, `q_lr`, `model_lr` (of `agent_config`)
-        and `epsilon` (of `train_config`); the lists have one value per point (so equal
-        lengths). Every point runs every seed, from the same initial networks. For a
-        grid, list its product. `inner_steps` and network sizes change the compiled
-        program: train them in separate calls.
+        `gamma`, `temperature`, `target_update`, `q_lr`, `model_lr`, `inner_steps` (of
+        `agent_config`) and `epsilon` (of `train_config`); the lists have one value per
+        point (so equal lengths). Every point runs every seed, from the same initial
+        networks. For a grid, list its product. Runs vmapped together with different
+        `inner_steps` each take as long as the largest. Network sizes, the agent and the
+        adjoint change the compiled program: train them in separate calls.
     - `progress`: show a progress bar over environment steps.
     - `on_chunk`: called after each chunk with a dict: `eval_steps` `[k]`, `eval_returns`
         `[n_runs, k]`, `metrics` (dict of `[n_runs, k]`), `seeds` `[n_runs]` and
@@ -584,9 +590,12 @@ def train(
     keys = jax.vmap(jr.PRNGKey)(jnp.asarray(run_seeds))
     runs = _init_runs(runner, keys)
     if run_values:
-        dtype = jnp.result_type(float)
+        dtypes = {True: jnp.int32, False: jnp.result_type(float)}
         runs = dataclasses.replace(
-            runs, hyperparameters={k: jnp.asarray(v, dtype) for k, v in run_values.items()}
+            runs,
+            hyperparameters={
+                k: jnp.asarray(v, dtypes[k in _INTEGER_SWEEPS]) for k, v in run_values.items()
+            },
         )
     runs, shards = _place_seeds(runs, devices)
 

@@ -297,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NAME=V1,V2,...",
         help="train every seed at each value in the same compiled run (repeat for more names, "
-        "one value per point each): q_lr, model_lr, gamma, temperature, target_update, epsilon",
+        "one value per point each): q_lr, model_lr, gamma, temperature, target_update, "
+        "inner_steps, epsilon",
     )
     _add_run_arguments(train, steps=200_000, seeds=10, model_hidden=32, out="runs/train")
     train.set_defaults(run=_cmd_train)

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import omdx
 
@@ -38,6 +39,39 @@ def test_k_steps_equal_manual_optax_loop(getkey):
         assert np.allclose(sol.value, y, rtol=1e-12)
         assert int(sol.stats["num_gradient_steps"]) == k
         assert sol.result == omdx.solve_inner.__globals__["optx"].RESULTS.successful
+
+
+def test_traced_step_counts_vmap_together(getkey):
+    # `steps` as an integer array: runs with different K in one vmap, each stopping at its
+    # own K, value and implicit gradient as the static-K solves give them.
+    args = make_args(getkey())
+    y0 = jax.random.normal(getkey(), (4,))
+    optim = optax.adam(0.05)
+
+    def solved(k, b):
+        sol = omdx.solve_inner(
+            gradient,
+            y0,
+            {"a": args["a"], "b": b},
+            solver=omdx.GradientSteps(optim, k),
+            symmetric=True,
+            max_steps=None if isinstance(k, jax.Array) else max(k, 1),
+            adjoint="direct",
+        )
+        return sol.value, sol.stats["num_gradient_steps"]
+
+    def outer(k, b):
+        return jnp.sum(solved(k, b)[0] ** 2)
+
+    ks = jnp.array([0, 1, 3, 7])
+    values, counts = jax.vmap(solved, in_axes=(0, None))(ks, args["b"])
+    grads = jax.vmap(jax.grad(outer, argnums=1), in_axes=(0, None))(ks, args["b"])
+    np.testing.assert_array_equal(counts, ks)
+    for i, k in enumerate([0, 1, 3, 7]):
+        np.testing.assert_allclose(values[i], solved(k, args["b"])[0], rtol=1e-12)
+        np.testing.assert_allclose(grads[i], jax.grad(outer, argnums=1)(k, args["b"]), rtol=1e-12)
+    with pytest.raises(ValueError, match="`steps` must be a scalar integer array"):
+        omdx.GradientSteps(optim, jnp.array(1.5))
 
 
 def test_opt_state_continues_across_calls(getkey):

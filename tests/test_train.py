@@ -80,6 +80,7 @@ SWEEP = {
     "q_lr": [3e-4, 1e-3],
     "model_lr": [1e-3, 3e-3],
     "epsilon": [0.1, 0.3],
+    "inner_steps": [2, 3],
 }
 
 
@@ -125,8 +126,12 @@ def test_bad_sweep_raises_before_training(cartpole):
     def run(sweep):
         omdx.train(cartpole, TINY_AGENT, TINY_RUN, sweep=sweep, progress=False)
 
-    with pytest.raises(ValueError, match="cannot vary 'inner_steps'"):
-        run({"inner_steps": [1, 5]})
+    with pytest.raises(ValueError, match="cannot vary 'q_hidden'"):
+        run({"q_hidden": [8, 16]})
+    with pytest.raises(ValueError, match="must list integers"):
+        run({"inner_steps": [1, 2.5]})
+    with pytest.raises(ValueError, match="`inner_steps` must be an int >= 1"):
+        run({"inner_steps": [1, 0]})
     with pytest.raises(ValueError, match="equal lengths"):
         run({"q_lr": [1e-3, 3e-4], "model_lr": [1e-3]})
     with pytest.raises(ValueError, match="`q_lr` must be > 0"):

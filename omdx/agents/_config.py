@@ -11,7 +11,14 @@ MODEL_NOISES = ("deterministic", "gaussian")
 INNER_OPTIMISERS = ("adam", "sgd")
 # The fields that are PyTree leaves rather than static: they set no shape and no branch, so
 # `omdx.train(..., sweep=...)` can run several values of them in one vmapped compilation.
-SWEEPABLE_AGENT_FIELDS = ("gamma", "temperature", "target_update", "q_lr", "model_lr")
+SWEEPABLE_AGENT_FIELDS = (
+    "gamma",
+    "temperature",
+    "target_update",
+    "q_lr",
+    "model_lr",
+    "inner_steps",
+)
 
 
 def _check_positive_int(name: str, value, minimum: int = 1):
@@ -32,9 +39,9 @@ class AgentConfig(eqx.Module):
     """Hyperparameters of the OMD, MLE and VEP agents; defaults are the paper's CartPole ones.
 
     All fields are Python values, validated at construction. Those that set no shape and
-    no branch (`gamma`, `temperature`, `target_update`, `q_lr`, `model_lr`) are PyTree
-    leaves, so that [`omdx.train`][]'s `sweep` can run several values in one compiled,
-    vmapped run; the others are static.
+    no branch (`gamma`, `temperature`, `target_update`, `q_lr`, `model_lr`, and
+    `inner_steps`, a loop's trip count) are PyTree leaves, so that [`omdx.train`][]'s
+    `sweep` can run several values in one compiled, vmapped run; the others are static.
     """
 
     agent: str = eqx.field(static=True, default="omd")
@@ -49,7 +56,7 @@ class AgentConfig(eqx.Module):
     target_update: float = 0.01
     q_lr: float = 3e-4
     model_lr: float = 1e-3
-    inner_steps: int = eqx.field(static=True, default=1)
+    inner_steps: int = 1
     q_weight_decay: float = eqx.field(static=True, default=0.0)
     inner_optimiser: str = eqx.field(static=True, default="adam")
     adjoint: str = eqx.field(static=True, default="identity")

@@ -69,7 +69,8 @@ def _solve_q(model, state: AgentState, batch: Transition, key, config: AgentConf
         adjoint=agent_adjoint(config),
         symmetric=True,
         has_aux=True,
-        max_steps=config.inner_steps,
+        # A traced K (swept by `omdx.train`) has no static bound: the solver stops at K.
+        max_steps=config.inner_steps if isinstance(config.inner_steps, int) else None,
         throw=False,
         options={"opt_state": state.q_opt_state},
     )
