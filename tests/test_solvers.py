@@ -63,11 +63,11 @@ def test_traced_step_counts_vmap_together(getkey):
     def outer(k, b):
         return jnp.sum(solved(k, b)[0] ** 2)
 
-    ks = jnp.array([0, 1, 3, 7])
+    ks = jnp.array([0, 3])
     values, counts = jax.vmap(solved, in_axes=(0, None))(ks, args["b"])
     grads = jax.vmap(jax.grad(outer, argnums=1), in_axes=(0, None))(ks, args["b"])
     np.testing.assert_array_equal(counts, ks)
-    for i, k in enumerate([0, 1, 3, 7]):
+    for i, k in enumerate([0, 3]):
         np.testing.assert_allclose(values[i], solved(k, args["b"])[0], rtol=1e-12)
         np.testing.assert_allclose(grads[i], jax.grad(outer, argnums=1)(k, args["b"]), rtol=1e-12)
     with pytest.raises(ValueError, match="`steps` must be a scalar integer array"):
