@@ -590,11 +590,12 @@ def train(
     keys = jax.vmap(jr.PRNGKey)(jnp.asarray(run_seeds))
     runs = _init_runs(runner, keys)
     if run_values:
-        dtypes = {True: jnp.int32, False: jnp.result_type(float)}
+        float_dtype = jnp.result_type(float)
         runs = dataclasses.replace(
             runs,
             hyperparameters={
-                k: jnp.asarray(v, dtypes[k in _INTEGER_SWEEPS]) for k, v in run_values.items()
+                k: jnp.asarray(v, jnp.int32 if k in _INTEGER_SWEEPS else float_dtype)
+                for k, v in run_values.items()
             },
         )
     runs, shards = _place_seeds(runs, devices)
