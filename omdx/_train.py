@@ -497,6 +497,11 @@ def _sweep_points(sweep, agent_config: AgentConfig, train_config: TrainConfig) -
     return points
 
 
+def _sweep_label(values: dict[str, float]) -> str:
+    """A sweep point's values as `name=value, ...` (`""` for no sweep)."""
+    return ", ".join(f"{name}={value:g}" for name, value in values.items())
+
+
 def _chunk_plan(total: int, per_chunk: int) -> list[int]:
     full, rest = divmod(total, per_chunk)
     return [per_chunk] * full + ([rest] if rest else [])
@@ -577,7 +582,7 @@ def train(
     run_seeds = np.tile(seed_array, n_points)
     run_values = {name: np.repeat(values, len(seed_array)) for name, values in points.items()}
     run_labels = [
-        ", ".join(f"{name}={values[i]:g}" for name, values in run_values.items())
+        _sweep_label({name: values[i] for name, values in run_values.items()})
         for i in range(len(run_seeds))
     ]
     if devices is not None:

@@ -140,7 +140,7 @@ def run_agent(args, agent: str, out: pathlib.Path):
     import jax
 
     from ._report import CsvAppender, plot_curves, run_summary, write_json
-    from ._train import _sweep_points, train
+    from ._train import _sweep_label, _sweep_points, train
     from .envs import make
 
     _use_cpu_devices(args.cpu_devices)
@@ -193,15 +193,14 @@ def run_agent(args, agent: str, out: pathlib.Path):
     seconds = time.perf_counter() - start
     points = result if sweep else [result]
     if sweep:
-        labels = [
-            ", ".join(f"{name}={values[i]:g}" for name, values in sweep.items())
-            for i in range(len(points))
+        point_values = [
+            {name: values[i] for name, values in sweep.items()} for i in range(len(points))
         ]
+        labels = [_sweep_label(values) for values in point_values]
         summary = {
             "points": [
-                {"hyperparameters": {name: values[i] for name, values in sweep.items()}}
-                | run_summary(point)
-                for i, point in enumerate(points)
+                {"hyperparameters": values} | run_summary(point)
+                for values, point in zip(point_values, points)
             ]
         }
     else:
@@ -222,12 +221,15 @@ def run_agent(args, agent: str, out: pathlib.Path):
 
 
 def _cmd_train(args) -> int:
+    from ._train import _sweep_label
+
     out = pathlib.Path(args.out)
     _, summary = run_agent(args, args.agent, out)
     for point in summary.get("points", [summary]):
-        values = "".join(f", {k}={v:g}" for k, v in point.get("hyperparameters", {}).items())
+        values = point.get("hyperparameters")
+        label = f"{args.agent}, {_sweep_label(values)}" if values else args.agent
         print(
-            f"{args.agent}{values}: final return {point['final_return_mean']:.1f} "
+            f"{label}: final return {point['final_return_mean']:.1f} "
             f"± {point['final_return_ci95']:.1f}, AUC {point['auc_mean']:.1f} "
             f"± {point['auc_ci95']:.1f} over {args.seeds} seeds"
         )
