@@ -1,5 +1,16 @@
-import jax
-import pytest
+import os
+
+
+# Tests check correctness, not speed, and most of the suite's time is XLA compiling its
+# many small programs: at LLVM optimisation level 1 compilation takes about 30% less time
+# and the compiled programs run about 13% slower, the suite 20% faster in all (465 s vs
+# 581 s on 2 cores). Set before JAX creates its backend; user runs keep XLA's default.
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1"
+).strip()
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 
 # Before any computation: two CPU devices, so that splitting seeds over devices is tested.

@@ -28,39 +28,51 @@ def test_run_summary_by_hand():
     assert run_summary(result)["final_return_per_seed"] == [40.0, 30.0]
 
 
-def test_train_command_writes_its_files(tmp_path, capsys):
-    out = tmp_path / "run"
-    tiny = "--steps 400 --random-steps 200 --eval-every 200 --eval-episodes 2 --batch-size 32"
-    argv = ["train", "--agent", "mle", "--seeds", "2", "--q-hidden", "16", "--model-hidden", "8"]
-    argv += tiny.split() + ["--no-progress", "--out", str(out)]
-    assert main(argv) == 0
-    assert "mle: final return" in capsys.readouterr().out
+TINY = "--steps 400 --random-steps 200 --eval-every 200 --eval-episodes 2 --batch-size 32"
 
-    config = json.loads((out / "config.json").read_text())
-    assert config["agent"]["agent"] == "mle" and config["agent"]["model_hidden"] == 8
-    assert config["train"]["steps"] == 400 and config["seeds"] == 2
-    with (out / "metrics.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    assert sorted((int(r["seed"]), int(r["step"])) for r in rows) == [
-        (0, 200),
-        (0, 400),
-        (1, 200),
-        (1, 400),
-    ]
-    assert all(np.isfinite(float(r["model_loss"])) for r in rows)
-    summary = json.loads((out / "summary.json").read_text())
-    finals = {int(r["seed"]): float(r["eval_return"]) for r in rows if r["step"] == "400"}
-    assert summary["final_return_per_seed"] == [finals[0], finals[1]]
-    assert len(summary["devices"]) == 2  # one seed per CPU device (tests/conftest.py)
+
+def test_demo_command_compares_omd_and_mle(tmp_path, capsys):
+    # The README's main job (`omdx demo`), on a tiny budget: its own defaults otherwise.
+    out = tmp_path / "demo"
+    argv = ["demo", "--seeds", "2", "--q-hidden", "16", *TINY.split(), "--no-progress"]
+    assert main(argv + ["--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    table = (out / "compare.md").read_text()
+    assert table.startswith("# omdx demo: OMD vs MLE with a misspecified model")
+    assert "model_hidden=3" in table  # the demo's too-small model
+    finals = {}
+    for agent in ("omd", "mle"):
+        config = json.loads((out / agent / "config.json").read_text())
+        assert config["agent"]["agent"] == agent and config["agent"]["model_hidden"] == 3
+        assert config["train"]["steps"] == 400 and config["seeds"] == 2
+        with (out / agent / "metrics.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        assert sorted((int(r["seed"]), int(r["step"])) for r in rows) == [
+            (0, 200),
+            (0, 400),
+            (1, 200),
+            (1, 400),
+        ]
+        assert all(np.isfinite(float(r["model_loss"])) for r in rows)
+        summary = json.loads((out / agent / "summary.json").read_text())
+        last = {int(r["seed"]): float(r["eval_return"]) for r in rows if r["step"] == "400"}
+        assert summary["final_return_per_seed"] == [last[0], last[1]]
+        assert len(summary["devices"]) == 2  # one seed per CPU device (tests/conftest.py)
+        assert (out / agent / "curves.png").stat().st_size > 0
+        finals[agent] = f"{summary['final_return_mean']:.1f} ± {summary['final_return_ci95']:.1f}"
+    # One table row per agent, with its final return, printed and written.
+    for agent, final in finals.items():
+        row = next(line for line in table.splitlines() if line.startswith(f"| {agent} |"))
+        assert final in row
+        assert row in printed
     assert (out / "curves.png").stat().st_size > 0
 
 
 def test_train_command_sweeps_in_one_run(tmp_path, capsys):
     out = tmp_path / "sweep"
-    tiny = "--steps 400 --random-steps 200 --eval-every 200 --eval-episodes 2 --batch-size 32"
     argv = ["train", "--agent", "mle", "--seeds", "2", "--q-hidden", "16", "--model-hidden", "8"]
     argv += ["--sweep", "model-lr=1e-3,3e-3", "--sweep", "epsilon=0.1,0.3"]
-    argv += tiny.split() + ["--no-progress", "--out", str(out)]
+    argv += TINY.split() + ["--no-progress", "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "mle, model_lr=0.001, epsilon=0.1: final return" in printed
