@@ -59,6 +59,14 @@ def _add_run_arguments(
         default=None,
         help="CPU devices to split the seeds over (default: one per core; on CPU only)",
     )
+    parser.add_argument(
+        "--sweep",
+        action="append",
+        metavar="NAME=V1,V2,...",
+        help="train every seed at each value in the same compiled run (repeat for more names, "
+        "one value per point each): q_lr, model_lr, gamma, temperature, target_update, "
+        "inner_steps, epsilon",
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--out", default=out, help="output directory")
 
@@ -135,19 +143,20 @@ def _use_cpu_devices(count: int | None) -> None:
             ) from None
 
 
-def run_agent(args, agent: str, out: pathlib.Path):
-    """Train one agent on the CLI's settings, streaming metrics to `out/metrics.csv`."""
+def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict]:
+    """Train one agent on the CLI's settings, streaming metrics to `out/metrics.csv`, then
+    write `out/summary.json` and `out/curves.png`; returns `_table_rows`' rows and curves."""
     import jax
 
     from ._report import CsvAppender, plot_curves, run_summary, write_json
-    from ._train import _sweep_label, _sweep_points, train
+    from ._train import _sweep_points, train
     from .envs import make
 
     _use_cpu_devices(args.cpu_devices)
     if args.x64:
         jax.config.update("jax_enable_x64", True)
     agent_config, train_config = _configs(args, agent)
-    sweep = _parse_sweep(getattr(args, "sweep", None))
+    sweep = _parse_sweep(args.sweep)
     _sweep_points(sweep, agent_config, train_config)  # a bad sweep fails before any file
     env = make(args.env, distractors=args.distractors)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,18 +202,14 @@ def run_agent(args, agent: str, out: pathlib.Path):
     seconds = time.perf_counter() - start
     points = result if sweep else [result]
     if sweep:
-        point_values = [
-            {name: values[i] for name, values in sweep.items()} for i in range(len(points))
-        ]
-        labels = [_sweep_label(values) for values in point_values]
         summary = {
             "points": [
-                {"hyperparameters": values} | run_summary(point)
-                for values, point in zip(point_values, points)
+                {"hyperparameters": {name: values[i] for name, values in sweep.items()}}
+                | run_summary(point)
+                for i, point in enumerate(points)
             ]
         }
     else:
-        labels = [agent]
         summary = run_summary(result)
     summary["wall_seconds"] = seconds
     summary["env_steps_per_second"] = args.steps * args.seeds * len(points) / seconds
@@ -212,70 +217,87 @@ def run_agent(args, agent: str, out: pathlib.Path):
     devices = set().union(*(p.final_state.key.sharding.device_set for p in points))
     summary["devices"] = sorted(str(d) for d in devices)
     write_json(out / "summary.json", summary)
+    rows, curves = _table_rows(agent, points, summary)
     plot_curves(
         out / "curves.png",
-        {label: (p.eval_steps, p.eval_returns) for label, p in zip(labels, points)},
+        curves,
         title=f"{agent} on {args.env} (model_hidden={args.model_hidden})",
     )
-    return result, summary
-
-
-def _cmd_train(args) -> int:
-    from ._train import _sweep_label
-
-    out = pathlib.Path(args.out)
-    _, summary = run_agent(args, args.agent, out)
-    for point in summary.get("points", [summary]):
-        values = point.get("hyperparameters")
-        label = f"{args.agent}, {_sweep_label(values)}" if values else args.agent
-        print(
-            f"{label}: final return {point['final_return_mean']:.1f} "
-            f"± {point['final_return_ci95']:.1f}, AUC {point['auc_mean']:.1f} "
-            f"± {point['auc_ci95']:.1f} over {args.seeds} seeds"
-        )
-    print(f"({summary['wall_seconds']:.0f} s). Results in {out}/")
-    return 0
+    return rows, curves
 
 
 def _pm(mean: float, half_width: float) -> str:
     return f"{mean:.1f} ± {half_width:.1f}"
 
 
+def _table_rows(agent: str, points: list, summary: dict) -> tuple[list[dict], dict]:
+    """One table row and one learning curve (label: `(eval_steps, eval_returns)`) per sweep
+    point of one agent's run (one point without a sweep), from its `TrainResult`s and the
+    summary `run_agent` writes: what `omdx train` and `omdx compare` print and plot."""
+    from ._train import _sweep_label
+
+    rows, curves = [], {}
+    for point, point_summary in zip(points, summary.get("points", [summary])):
+        values = point_summary.get("hyperparameters", {})
+        label = f"{agent}, {_sweep_label(values)}" if values else agent
+        curves[label] = (point.eval_steps, point.eval_returns)
+        rows.append(
+            {
+                "agent": agent,
+                **{name: f"{value:g}" for name, value in values.items()},
+                "final return": _pm(
+                    point_summary["final_return_mean"], point_summary["final_return_ci95"]
+                ),
+                "AUC": _pm(point_summary["auc_mean"], point_summary["auc_ci95"]),
+                "model error (MSE s')": point_summary["final_model_error_mean"],
+                "seconds": summary["wall_seconds"],
+            }
+        )
+    return rows, curves
+
+
+def _print_table(args, title: str, rows: list[dict]) -> str:
+    """Print (and return) `title`, the run's settings and the markdown table of `rows`."""
+    from ._report import markdown_table
+
+    text = (
+        f"{title}\n\n{args.env}, model_hidden={args.model_hidden}, "
+        f"distractors={args.distractors}, {args.steps} steps, {args.seeds} seeds, "
+        f"adjoint={args.adjoint}. Mean ± 95% interval over seeds.\n\n"
+        + markdown_table(rows, precision=2)
+        + "\n"
+    )
+    print(text)
+    return text
+
+
+def _cmd_train(args) -> int:
+    out = pathlib.Path(args.out)
+    rows, _ = run_agent(args, args.agent, out)
+    _print_table(args, f"# omdx train: {args.agent}", rows)
+    print(f"Results in {out}/")
+    return 0
+
+
 def _compare(args, agents: Sequence[str], title: str) -> int:
-    from ._report import markdown_table, plot_curves
+    from ._report import plot_curves
 
     out = pathlib.Path(args.out)
     curves, rows = {}, []
     for agent in agents:
-        result, summary = run_agent(args, agent, out / agent)
-        curves[agent] = (result.eval_steps, result.eval_returns)
-        rows.append(
-            {
-                "agent": agent,
-                "final return": _pm(summary["final_return_mean"], summary["final_return_ci95"]),
-                "AUC": _pm(summary["auc_mean"], summary["auc_ci95"]),
-                "model error (MSE s')": summary["final_model_error_mean"],
-                "seconds": summary["wall_seconds"],
-            }
-        )
-    table = markdown_table(rows, precision=2)
-    header = (
-        f"{title}\n\n{args.env}, model_hidden={args.model_hidden}, "
-        f"distractors={args.distractors}, {args.steps} steps, {args.seeds} seeds, "
-        f"adjoint={args.adjoint}. Mean ± 95% interval over seeds.\n"
-    )
-    print(header)
-    print(table)
-    (out / "compare.md").write_text(header + "\n" + table + "\n")
+        agent_rows, agent_curves = run_agent(args, agent, out / agent)
+        rows += agent_rows
+        curves.update(agent_curves)
+    (out / "compare.md").write_text(_print_table(args, title, rows))
     plot = plot_curves(
         out / "curves.png", curves, title=f"{args.env}, model_hidden={args.model_hidden}"
     )
-    print(f"\nWrote {out / 'compare.md'} and {plot}")
+    print(f"Wrote {out / 'compare.md'} and {plot}")
     return 0
 
 
 def _cmd_compare(args) -> int:
-    return _compare(args, args.agents, "# OMD vs MLE vs VEP")
+    return _compare(args, args.agents, "# " + " vs ".join(a.upper() for a in args.agents))
 
 
 def _cmd_demo(args) -> int:
@@ -294,14 +316,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = subparsers.add_parser("train", help="train one agent over many seeds")
     train.add_argument("--agent", default="omd", choices=("omd", "mle", "vep"))
-    train.add_argument(
-        "--sweep",
-        action="append",
-        metavar="NAME=V1,V2,...",
-        help="train every seed at each value in the same compiled run (repeat for more names, "
-        "one value per point each): q_lr, model_lr, gamma, temperature, target_update, "
-        "inner_steps, epsilon",
-    )
     _add_run_arguments(train, steps=200_000, seeds=10, model_hidden=32, out="runs/train")
     train.set_defaults(run=_cmd_train)
 

@@ -75,8 +75,8 @@ def test_train_command_sweeps_in_one_run(tmp_path, capsys):
     argv += TINY.split() + ["--no-progress", "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "mle, model_lr=0.001, epsilon=0.1: final return" in printed
-    assert "mle, model_lr=0.003, epsilon=0.3: final return" in printed
+    assert printed.startswith("# omdx train: mle")
+    assert "| agent | model_lr | epsilon | final return | AUC |" in printed
     with (out / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     # One row per point, seed and evaluation, with the point's values.
@@ -96,6 +96,10 @@ def test_train_command_sweeps_in_one_run(tmp_path, capsys):
             if r["step"] == "400" and float(r["model_lr"]) == point["hyperparameters"]["model_lr"]
         }
         assert point["final_return_per_seed"] == [finals[0], finals[1]]
+        # The point's row of the printed table, with its values and final return.
+        values = point["hyperparameters"]
+        final = f"{point['final_return_mean']:.1f} ± {point['final_return_ci95']:.1f}"
+        assert f"| mle | {values['model_lr']:g} | {values['epsilon']:g} | {final} |" in printed
     assert json.loads((out / "config.json").read_text())["sweep"]["epsilon"] == [0.1, 0.3]
     with pytest.raises(ValueError, match="`--sweep` expects NAME=V1,V2"):
         main(["train", "--sweep", "model_lr=fast", "--out", str(tmp_path / "bad")])
