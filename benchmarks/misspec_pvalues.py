@@ -1,7 +1,11 @@
-"""OMD vs MLE per setting of the misspecification study: a two-sided permutation test on
-the per-seed final returns written by `cartpole_misspec.py`.
+"""Two agents per setting of the misspecification study (OMD vs MLE by default): a
+two-sided permutation test on the per-seed final returns written by `cartpole_misspec.py`.
 
     python benchmarks/misspec_pvalues.py benchmarks/results/cartpole_misspec_k5_small.csv
+    # agents run into separate CSVs (same seeds, steps and K), pooled into one table:
+    cd benchmarks/results
+    python ../misspec_pvalues.py --agents vep mle --merge \
+        cartpole_misspec_k5_vep.csv cartpole_misspec_k5_small.csv
 
 The final return of a seed is the mean of its last 5 evaluations (as in the study's
 tables). The test statistic is the difference of the two agents' mean final returns; the
@@ -15,6 +19,7 @@ import csv
 import itertools
 import math
 import pathlib
+import sys
 
 import numpy as np
 
@@ -59,35 +64,62 @@ def permutation_p_value(a: np.ndarray, b: np.ndarray, samples: int = 200_000) ->
     return float(np.mean(np.abs(diffs) >= observed - 1e-9))
 
 
+def merged_final_returns(paths) -> dict:
+    """`final_returns` of several CSVs pooled; a setting and agent in two of them is an
+    error (which would be meant?)."""
+    merged, source = {}, {}
+    for path in paths:
+        for key, values in final_returns(path).items():
+            if key in merged:
+                raise ValueError(
+                    f"model_hidden={key[0]}, distractors={key[1]}, agent {key[2]!r} is in both "
+                    f"{source[key]} and {path}: pool only CSVs of different agents or settings."
+                )
+            merged[key], source[key] = values, path
+    return merged
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("csv", nargs="+", help="CSVs written by cartpole_misspec.py")
     parser.add_argument(
-        "csv", nargs="+", help="CSVs written by cartpole_misspec.py (each tested on its own)"
+        "--agents", nargs=2, default=["omd", "mle"], metavar=("A", "B"), help="the two agents"
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="pool the CSVs into one set of settings (default: each CSV on its own)",
     )
     parser.add_argument("--out", default=None, help="also write the table to this .md file")
     args = parser.parse_args()
+    a, b = args.agents
     lines = [
-        "| results | model_hidden | distractors | omd final | mle final | omd - mle | p |",
+        f"| results | model_hidden | distractors | {a} final | {b} final | {a} - {b} | p |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for path in args.csv:
-        finals = final_returns(path)
+    if args.merge:
+        name = "+".join(pathlib.Path(p).stem for p in args.csv)
+        groups = [(name, merged_final_returns(args.csv))]
+    else:
+        groups = [(pathlib.Path(p).stem, final_returns(p)) for p in args.csv]
+    for name, finals in groups:
         for hidden, distractors in sorted({(h, d) for h, d, _ in finals}):
-            omd = finals.get((hidden, distractors, "omd"))
-            mle = finals.get((hidden, distractors, "mle"))
-            if omd is None or mle is None:
+            first = finals.get((hidden, distractors, a))
+            second = finals.get((hidden, distractors, b))
+            if first is None or second is None:
                 continue
-            p = permutation_p_value(omd, mle)
+            p = permutation_p_value(first, second)
             lines.append(
-                f"| {pathlib.Path(path).stem} | {hidden} | {distractors} | {omd.mean():.1f} | "
-                f"{mle.mean():.1f} | {omd.mean() - mle.mean():+.1f} | {p:.3f} |"
+                f"| {name} | {hidden} | {distractors} | {first.mean():.1f} | "
+                f"{second.mean():.1f} | {first.mean() - second.mean():+.1f} | {p:.3f} |"
             )
     text = "\n".join(lines)
     print(text)
     if args.out:
         pathlib.Path(args.out).write_text(
-            "# OMD vs MLE: permutation tests\n\n`python benchmarks/misspec_pvalues.py "
-            + " ".join(args.csv)
+            f"# {a.upper()} vs {b.upper()}: permutation tests\n\n"
+            "`python benchmarks/misspec_pvalues.py "
+            + " ".join(sys.argv[1:])
             + "`: two-sided exact permutation test on the per-seed final returns (mean of "
             f"the last {FINAL_EVALS} evaluations).\n\n" + text + "\n"
         )
