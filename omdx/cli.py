@@ -16,6 +16,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from ._help import HelpWithDefaults
+
 
 def _add_run_arguments(
     parser: argparse.ArgumentParser, *, steps: int, seeds: int, model_hidden: int, out: str
@@ -36,28 +38,59 @@ def _add_run_arguments(
     parser.add_argument(
         "--distractors", type=int, default=0, help="N(0, 1) dimensions appended to observations"
     )
-    parser.add_argument("--adjoint", default="identity", choices=AGENT_ADJOINTS)
-    parser.add_argument("--adjoint-steps", type=int, default=100)
-    parser.add_argument("--adjoint-scale", type=float, default=1.0)
-    parser.add_argument("--damping", type=float, default=1e-5)
-    parser.add_argument("--inner-steps", type=int, default=1, help="K inner optimiser steps")
-    parser.add_argument("--q-lr", type=float, default=3e-4)
-    parser.add_argument("--model-lr", type=float, default=1e-3)
-    parser.add_argument("--q-hidden", type=int, default=32)
-    parser.add_argument("--gamma", type=float, default=0.99)
-    parser.add_argument("--temperature", type=float, default=0.01)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--random-steps", type=int, default=1000)
-    parser.add_argument("--eval-every", type=int, default=1000)
-    parser.add_argument("--eval-episodes", type=int, default=10)
-    parser.add_argument("--epsilon", type=float, default=0.1)
-    parser.add_argument("--evals-per-chunk", type=int, default=5)
+    parser.add_argument(
+        "--adjoint",
+        default="identity",
+        choices=AGENT_ADJOINTS,
+        help="OMD's backward linear solve (identity: the paper's)",
+    )
+    parser.add_argument(
+        "--adjoint-steps",
+        type=int,
+        default=100,
+        help="Hessian-vector products of the neumann, cg and gmres adjoints",
+    )
+    parser.add_argument(
+        "--adjoint-scale", type=float, default=1.0, help="step size of the neumann series"
+    )
+    parser.add_argument(
+        "--damping", type=float, default=1e-5, help="added to the Hessian's diagonal (cg, gmres)"
+    )
+    parser.add_argument(
+        "--inner-steps", type=int, default=1, help="K inner Adam steps of the Q-network"
+    )
+    parser.add_argument("--q-lr", type=float, default=3e-4, help="Q-network learning rate")
+    parser.add_argument("--model-lr", type=float, default=1e-3, help="model learning rate")
+    parser.add_argument("--q-hidden", type=int, default=32, help="hidden units per Q layer")
+    parser.add_argument("--gamma", type=float, default=0.99, help="discount")
+    parser.add_argument(
+        "--temperature", type=float, default=0.01, help="soft Q-learning temperature alpha"
+    )
+    parser.add_argument("--batch-size", type=int, default=256, help="real transitions per update")
+    parser.add_argument(
+        "--random-steps", type=int, default=1000, help="uniformly random actions first"
+    )
+    parser.add_argument(
+        "--eval-every", type=int, default=1000, help="environment steps between evaluations"
+    )
+    parser.add_argument(
+        "--eval-episodes", type=int, default=10, help="greedy episodes per evaluation"
+    )
+    parser.add_argument(
+        "--epsilon", type=float, default=0.1, help="probability of a random action after those"
+    )
+    parser.add_argument(
+        "--evals-per-chunk",
+        type=int,
+        default=5,
+        help="evaluations per compiled call (between progress updates)",
+    )
     parser.add_argument("--x64", action="store_true", help="run in float64 (the paper's)")
     parser.add_argument(
         "--cpu-devices",
         type=int,
         default=None,
-        help="CPU devices to split the seeds over (default: one per core; on CPU only)",
+        help="CPU devices to split the seeds over (default: one per core)",
     )
     parser.add_argument(
         "--sweep",
@@ -67,7 +100,7 @@ def _add_run_arguments(
         "one value per point each): q_lr, model_lr, gamma, temperature, target_update, "
         "inner_steps, epsilon",
     )
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--out", default=out, help="output directory")
 
 
@@ -310,18 +343,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
 
-    demo = subparsers.add_parser("demo", help="OMD vs MLE on CartPole with a too-small model")
+    with_defaults = {"formatter_class": HelpWithDefaults}
+    demo = subparsers.add_parser(
+        "demo", help="OMD vs MLE on CartPole with a too-small model", **with_defaults
+    )
     _add_run_arguments(demo, steps=20_000, seeds=4, model_hidden=3, out="runs/demo")
     demo.set_defaults(run=_cmd_demo)
 
-    train = subparsers.add_parser("train", help="train one agent over many seeds")
-    train.add_argument("--agent", default="omd", choices=("omd", "mle", "vep"))
+    train = subparsers.add_parser("train", help="train one agent over many seeds", **with_defaults)
+    train.add_argument("--agent", default="omd", choices=("omd", "mle", "vep"), help="the agent")
     _add_run_arguments(train, steps=200_000, seeds=10, model_hidden=32, out="runs/train")
     train.set_defaults(run=_cmd_train)
 
-    compare = subparsers.add_parser("compare", help="OMD, MLE and VEP on the same settings")
+    compare = subparsers.add_parser(
+        "compare", help="OMD, MLE and VEP on the same settings", **with_defaults
+    )
     compare.add_argument(
-        "--agents", nargs="+", default=["omd", "mle", "vep"], choices=("omd", "mle", "vep")
+        "--agents",
+        nargs="+",
+        default=["omd", "mle", "vep"],
+        choices=("omd", "mle", "vep"),
+        help="the agents, one run each",
     )
     _add_run_arguments(compare, steps=200_000, seeds=10, model_hidden=32, out="runs/compare")
     compare.set_defaults(run=_cmd_compare)

@@ -59,3 +59,35 @@ def test_public_names_documented(module):
         if not paths & documented:
             missing.append(name)
     assert not missing, f"public names of {module} without an `:::` API entry: {missing}"
+
+
+def _parsers():
+    """`(command, parser)` for every `omdx` command and tabular study."""
+    import argparse
+
+    from omdx.cli import build_parser
+
+    def children(parser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return action.choices
+        return {}
+
+    for name, parser in children(build_parser()).items():
+        studies = children(parser)
+        if studies:
+            yield from ((f"{name} {study}", sub) for study, sub in studies.items())
+        else:
+            yield name, parser
+
+
+def test_command_line_page_lists_every_option():
+    page = (DOCS / "cli.md").read_text()
+    missing = []
+    for command, parser in _parsers():
+        assert f"omdx {command.split()[0]}" in page, command
+        for action in parser._actions:
+            long = [o for o in action.option_strings if o.startswith("--") and o != "--help"]
+            if long and f"`{long[0]}" not in page:
+                missing.append(f"omdx {command} {long[0]}")
+    assert not missing, f"options missing from docs/cli.md: {missing}"

@@ -7,6 +7,8 @@ import time
 
 import numpy as np
 
+from .._help import HelpWithDefaults
+
 
 STUDIES = ("misspec", "bounds", "noise")
 
@@ -36,15 +38,13 @@ def _float_list(text: str) -> list[float]:
 
 
 def _common(parser: argparse.ArgumentParser, study: str) -> None:
+    parser.add_argument("--seeds", type=_positive_int, default=10, help="number of seeds, 1..N")
     parser.add_argument(
-        "--seeds", type=_positive_int, default=10, help="number of seeds, 1..N (default 10)"
+        "--steps", type=_positive_int, default=10_000, help="maximum model (outer) steps"
     )
+    parser.add_argument("--lr", type=_positive_float, default=0.01, help="the model's Adam lr")
     parser.add_argument(
-        "--steps", type=_positive_int, default=10_000, help="maximum steps (default 10000)"
-    )
-    parser.add_argument("--lr", type=_positive_float, default=0.01, help="Adam lr (default 0.01)")
-    parser.add_argument(
-        "--temperature", type=_positive_float, default=0.01, help="tau (default 0.01)"
+        "--temperature", type=_positive_float, default=0.01, help="soft Bellman temperature tau"
     )
     parser.add_argument(
         "--tol",
@@ -55,22 +55,26 @@ def _common(parser: argparse.ArgumentParser, study: str) -> None:
     parser.add_argument(
         "--solver", choices=("newton", "value_iteration"), default="newton", help="inner solver"
     )
-    parser.add_argument("--chunk", type=_positive_int, default=500, help="steps per chunk")
-    parser.add_argument("--float32", action="store_true", help="run in float32 (default float64)")
+    parser.add_argument(
+        "--chunk", type=_positive_int, default=500, help="steps per compiled call (progress)"
+    )
+    parser.add_argument("--float32", action="store_true", help="run in float32 (not float64)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
         "--out",
         type=pathlib.Path,
         default=pathlib.Path(f"runs/tabular-{study}"),
-        help=f"output directory (default runs/tabular-{study})",
+        help="output directory",
     )
 
 
 def _bounds_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bounds", type=_float_list, help="explicit norm bounds, e.g. 0.5,1,3")
-    parser.add_argument("--bounds-min", type=float, default=0.0)
-    parser.add_argument("--bounds-max", type=float, default=6.0)
-    parser.add_argument("--bounds-num", type=_positive_int, default=20)
+    parser.add_argument("--bounds-min", type=float, default=0.0, help="smallest norm bound")
+    parser.add_argument("--bounds-max", type=float, default=6.0, help="largest norm bound")
+    parser.add_argument(
+        "--bounds-num", type=_positive_int, default=20, help="bounds, evenly spaced from min to max"
+    )
 
 
 def add_tabular_parser(subparsers) -> argparse.ArgumentParser:
@@ -79,27 +83,36 @@ def add_tabular_parser(subparsers) -> argparse.ArgumentParser:
         "tabular", help="the paper's tabular studies (OMD vs MLE on the 2-state MDP)"
     )
     studies = parser.add_subparsers(dest="study", required=True)
-    misspec = studies.add_parser("misspec", help="expected return vs model norm bound, OMD vs MLE")
+    with_defaults = {"formatter_class": HelpWithDefaults}
+    misspec = studies.add_parser(
+        "misspec", help="expected return vs model norm bound, OMD vs MLE", **with_defaults
+    )
     _common(misspec, "misspec")
     _bounds_args(misspec)
     misspec.set_defaults(run=run_misspec)
-    bounds = studies.add_parser("bounds", help="max|Q* - Q_hat| and the error bounds vs norm bound")
+    bounds = studies.add_parser(
+        "bounds", help="max|Q* - Q_hat| and the error bounds vs norm bound", **with_defaults
+    )
     _common(bounds, "bounds")
     _bounds_args(bounds)
     bounds.set_defaults(run=run_bounds)
     noise = studies.add_parser(
-        "noise", help="return when Q* is perturbed by noise: exact vs identity adjoint"
+        "noise",
+        help="return when Q* is perturbed by noise: exact vs identity adjoint",
+        **with_defaults,
     )
     _common(noise, "noise")
     noise.add_argument("--sigmas", type=_float_list, help="explicit noise scales")
     noise.add_argument("--sigmas-min-exp", type=float, default=-3.0, help="log10 of the smallest")
     noise.add_argument("--sigmas-max-exp", type=float, default=0.5, help="log10 of the largest")
-    noise.add_argument("--sigmas-num", type=_positive_int, default=30)
+    noise.add_argument(
+        "--sigmas-num", type=_positive_int, default=30, help="noise scales, log-spaced"
+    )
     noise.add_argument(
         "--adjoints",
         type=lambda s: [a for a in s.replace(",", " ").split() if a],
         default=["direct", "identity"],
-        help="adjoints to compare (default direct,identity)",
+        help="adjoints to compare, comma-separated",
     )
     noise.set_defaults(run=run_noise)
     return parser

@@ -1,0 +1,15 @@
+"""Help text for the `omdx` console script's options."""
+
+import argparse
+
+
+class HelpWithDefaults(argparse.HelpFormatter):
+    """argparse help that shows each option's default where it has one (not `None` or a
+    flag's `False`, which `argparse.ArgumentDefaultsHelpFormatter` would print too)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default is argparse.SUPPRESS:
+            return text
+        return text if "%(default)" in text else text + " (default: %(default)s)"
