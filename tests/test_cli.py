@@ -120,3 +120,36 @@ def test_bad_arguments_fail_before_training(tmp_path):
     with pytest.raises(ValueError, match="`--cpu-devices 3`"):
         main(["train", "--cpu-devices", "3", "--out", str(tmp_path / "z")])
     assert not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
+
+
+def test_tabular_command_writes_its_files(tmp_path, capsys):
+    out = tmp_path / "misspec"
+    argv = ["tabular", "misspec", "--seeds", "2", "--steps", "200", "--bounds", "1,3"]
+    assert main(argv + ["--no-progress", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    # One row per method, bound and seed (the tabular seeds count from 1).
+    assert sorted((r["method"], float(r["bound"]), int(r["seed"])) for r in rows) == sorted(
+        (method, bound, seed)
+        for method in ("OMD", "MLE")
+        for bound in (1.0, 3.0)
+        for seed in (1, 2)
+    )
+    with (out / "summary.csv").open() as f:
+        summary = list(csv.DictReader(f))
+    assert len(summary) == 4
+    for row in summary:
+        runs = [
+            float(r["J"])
+            for r in rows
+            if (r["method"], r["bound"]) == (row["method"], row["bound"])
+        ]
+        assert int(row["n"]) == 2
+        np.testing.assert_allclose(float(row["J"]), np.mean(runs))
+    assert (out / "summary.md").read_text().strip() in printed
+    assert json.loads((out / "settings.json").read_text())["steps"] == 200
+    assert (out / "misspec.png").stat().st_size > 0
+    with pytest.raises(SystemExit):  # argparse: not a positive int
+        main(["tabular", "misspec", "--seeds", "0", "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
