@@ -87,7 +87,8 @@ def converged_state(key, config):
 
 def test_omd_direct_gradient_matches_finite_differences(getkey):
     state, batch, inner_key, solve, q_static = converged_state(jr.PRNGKey(0), SMALL)
-    loss, grads, solution = model_gradient(state, batch, SMALL, inner_key, getkey())
+    # Compiled whole (8 s less than op by op, whose small operations each compile alone).
+    loss, grads, solution = eqx.filter_jit(model_gradient)(state, batch, SMALL, inner_key, getkey())
     assert int(solution.result._value) == 0
     model_params, model_static = eqx.partition(state.model, eqx.is_inexact_array)
     flat, unravel = ravel_pytree(model_params)
