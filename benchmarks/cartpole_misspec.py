@@ -102,17 +102,14 @@ def main():
                 adjoint=args.adjoint,
                 inner_steps=args.inner_steps,
             )
-            chunks = []
             start = time.perf_counter()
             try:
-                result = omdx.train(
-                    env, config, train_config, seeds=args.seeds, on_chunk=chunks.append
-                )
+                result = omdx.train(env, config, train_config, seeds=args.seeds)
                 note = ""
-            except FloatingPointError as error:
-                # One seed's divergence stops `train`; the seeds that stayed finite keep
-                # their streamed evaluations, reported apart and marked in the table.
-                result, note = _finite_seeds(chunks)
+            except omdx.TrainingDiverged as error:
+                # One seed's divergence stops `train`; the seeds that stayed finite are
+                # reported on their own, and the table names the others.
+                result, note = _finite_seeds(error.result, error.diverged)
                 print(f"hidden={hidden} distractors={distractors} {agent}: {error}", flush=True)
             seconds = time.perf_counter() - start
             if result.eval_steps[-1] < args.steps or len(result.seeds) == 0:
@@ -165,30 +162,13 @@ def main():
     print(markdown_table(table))
 
 
-def _finite_seeds(chunks: list[dict]):
-    """What `omdx.train` streamed before a seed diverged, without the runs that produced a
-    non-finite return or loss: `(result, note)`, `result` with `seeds`, `eval_steps`,
-    `eval_returns` and `metrics` as a `TrainResult` has them, `note` naming the dropped
-    seeds."""
-    import types
+def _finite_seeds(result, diverged: np.ndarray):
+    """The runs of `result` (a `TrainResult`) that stayed finite, and a note naming the
+    others."""
+    from omdx._train import _runs_of
 
-    steps = np.concatenate([chunk["eval_steps"] for chunk in chunks])
-    returns = np.concatenate([chunk["eval_returns"] for chunk in chunks], axis=1)
-    metrics = {
-        name: np.concatenate([chunk["metrics"][name] for chunk in chunks], axis=1)
-        for name in chunks[0]["metrics"]
-    }
-    checked = [returns] + [metrics[k] for k in ("model_loss", "q_model_loss", "q_real_loss")]
-    finite = np.all([np.all(np.isfinite(values), axis=1) for values in checked], axis=0)
-    seeds = chunks[0]["seeds"]
-    result = types.SimpleNamespace(
-        seeds=seeds[finite],
-        eval_steps=steps,
-        eval_returns=returns[finite],
-        metrics={name: values[finite] for name, values in metrics.items()},
-    )
-    dropped = ", ".join(str(seed) for seed in seeds[~finite])
-    return result, f"seed {dropped} of {len(seeds)} diverged"
+    dropped = ", ".join(str(seed) for seed in result.seeds[diverged])
+    return _runs_of(result, ~diverged), f"seed {dropped} of {len(result.seeds)} diverged"
 
 
 def _commit() -> str:

@@ -53,7 +53,7 @@ def prepared_compiled_run(
         _place_seeds,
         _run_chunk,
         _Runner,
-        errors_as_nan,
+        errors_off,
         TrainConfig,
     )
 
@@ -72,7 +72,7 @@ def prepared_compiled_run(
 
     def next_chunk():
         nonlocal runs, chunk
-        with errors_as_nan():
+        with errors_off():
             runs, out = _run_chunk(runner, runs, jnp.asarray(chunk * steps), 1, shards)
             jax.block_until_ready(out)
         chunk += 1
@@ -93,7 +93,7 @@ def prepared_updates(env, agent_config, steps: int, batch_size: int):
     compiled. Returns `(timed, flops)`: `timed()` runs them once and returns the seconds;
     `flops` is XLA's count of floating-point operations in one update."""
     from omdx import buffer_add, buffer_init, buffer_sample, init_agent, Transition
-    from omdx._train import errors_as_nan, filter_scan
+    from omdx._train import errors_off, filter_scan
     from omdx.agents import agent_step
 
     key = jr.PRNGKey(0)
@@ -143,7 +143,7 @@ def prepared_updates(env, agent_config, steps: int, batch_size: int):
 
     def timed():
         start = time.perf_counter()
-        with errors_as_nan():
+        with errors_off():
             jax.block_until_ready(run(agent, buffer, key))
         return time.perf_counter() - start
 
@@ -169,7 +169,7 @@ def host_loop(agent_config, steps: int, batch_size: int):
     (the same random steps and buffer size, compilation already cached). Each run ends with
     one evaluation episode, which costs under 1% of the longer run."""
     from omdx import train_host, TrainConfig
-    from omdx._train import errors_as_nan
+    from omdx._train import errors_off
 
     def seconds(learning_steps):
         total = RANDOM_STEPS + learning_steps
@@ -182,7 +182,7 @@ def host_loop(agent_config, steps: int, batch_size: int):
             buffer_size=RANDOM_STEPS + 1 + steps,  # one buffer shape: one compilation
         )
         start = time.perf_counter()
-        with errors_as_nan():
+        with errors_off():
             train_host("CartPole-v1", agent_config, tc, progress=False)
         return time.perf_counter() - start
 

@@ -28,6 +28,7 @@ from ._train import (
     train as train,
     train_host as train_host,
     TrainConfig as TrainConfig,
+    TrainingDiverged as TrainingDiverged,
     TrainResult as TrainResult,
 )
 from ._transition import Transition as Transition

@@ -62,14 +62,16 @@ def filter_cond(pred, true_fn, false_fn, *operands):
 
 
 @contextlib.contextmanager
-def errors_as_nan():
-    """Trace with Equinox's runtime errors turned into NaNs (`EQX_ON_ERROR=nan`).
+def errors_off():
+    """Trace with Equinox's runtime checks switched off (`EQX_ON_ERROR=off`).
 
     Inside the compiled training loop, Equinox's runtime checks (Lineax always runs the
     backward linear solve with `throw=True`) are host callbacks that cost about a
-    millisecond per update on CPU, and under `vmap` one failing seed would abort every
-    seed. As NaNs, a failure stays in its own seed and is reported by name after the chunk
-    (see `_check_finite`). Applies only to what is traced inside the context.
+    millisecond per update on CPU. Nor can they be NaNs (`EQX_ON_ERROR=nan`): Equinox
+    reduces a check's predicate over `vmap`, so one diverging seed would turn every seed
+    vmapped with it into NaNs. Off, a failure stays in its own run: the non-finite values
+    it produces are found after the chunk and their runs named (see `_divergence`).
+    Applies only to what is traced inside the context.
     """
     try:
         from equinox import _errors
@@ -80,7 +82,7 @@ def errors_as_nan():
     if previous is None:  # pragma: no cover
         yield
         return
-    _errors.EQX_ON_ERROR = "nan"
+    _errors.EQX_ON_ERROR = "off"
     try:
         yield
     finally:
@@ -197,6 +199,25 @@ class TrainResult(eqx.Module):
     eval_returns: np.ndarray
     metrics: dict[str, np.ndarray]
     final_state: RunState
+
+
+class TrainingDiverged(FloatingPointError):
+    """Raised by [`omdx.train`][] and [`omdx.train_host`][] when a run produces a
+    non-finite evaluation return or loss. Nothing trained is lost with it.
+
+    **Attributes:**
+
+    - `result`: what the call would have returned (a [`omdx.TrainResult`][], or one per
+        sweep point), up to the last evaluation made: that of the chunk that diverged.
+        Select the runs that stayed finite with `~diverged`.
+    - `diverged`: which runs produced a non-finite value, a boolean array over
+        `result.seeds` (one per sweep point with a sweep).
+    """
+
+    def __init__(self, message: str, result, diverged):
+        super().__init__(message)
+        self.result = result
+        self.diverged = diverged
 
 
 def select_action(
@@ -559,8 +580,9 @@ def train(
 
     **Raises:**
 
-    `FloatingPointError` as soon as a chunk produces a non-finite return or loss (after
-    `on_chunk` has received it), naming the seeds (and sweep values) and the step.
+    [`omdx.TrainingDiverged`][] (a `FloatingPointError`) as soon as a chunk produces a
+    non-finite return or loss, after `on_chunk` has received it: it names the seeds (and
+    sweep values) and the step, and holds every run's result up to there.
     """
     if isinstance(env, str):
         env = make(env)
@@ -616,7 +638,7 @@ def train(
         )
     start = 0
     for iterations in _chunk_plan(total_evals, train_config.evals_per_chunk):
-        with errors_as_nan():
+        with errors_off():
             runs, (chunk_returns, chunk_metrics) = _run_chunk(
                 runner, runs, jnp.asarray(start), iterations, shards
             )
@@ -641,7 +663,9 @@ def train(
         if bar is not None:
             bar.update(iterations * train_config.eval_every)
             bar.set_postfix(eval_return=f"{float(np.mean(chunk_returns[:, -1])):.1f}")
-        _check_finite(chunk_returns, chunk_metrics, run_seeds, steps, run_labels)
+        message, diverged = _divergence(chunk_returns, chunk_metrics, run_seeds, steps, run_labels)
+        if message is not None:
+            break
     if bar is not None:
         bar.close()
     result = TrainResult(
@@ -651,14 +675,22 @@ def train(
         metrics={k: np.concatenate(v, axis=1) for k, v in metric_log.items()},
         final_state=runs,
     )
+    n = len(seed_array)
+    by_point = [slice(i * n, (i + 1) * n) for i in range(n_points)]
+    if message is not None:
+        if not points:
+            raise TrainingDiverged(message, result, diverged)
+        raise TrainingDiverged(
+            message, [_runs_of(result, p) for p in by_point], [diverged[p] for p in by_point]
+        )
     if not points:
         return result
-    n = len(seed_array)
-    return [_runs_of(result, slice(i * n, (i + 1) * n)) for i in range(n_points)]
+    return [_runs_of(result, p) for p in by_point]
 
 
-def _runs_of(result: TrainResult, runs: slice) -> TrainResult:
-    """The runs `runs` of `result` (every array but `eval_steps` has runs leading)."""
+def _runs_of(result: TrainResult, runs: slice | np.ndarray) -> TrainResult:
+    """The runs `runs` (a slice or a boolean mask) of `result` (every array but
+    `eval_steps` has runs leading)."""
     per_run = ft.partial(jax.tree.map, lambda x: x[runs] if eqx.is_array(x) else x)
     return TrainResult(
         seeds=result.seeds[runs],
@@ -669,24 +701,35 @@ def _runs_of(result: TrainResult, runs: slice) -> TrainResult:
     )
 
 
-def _check_finite(returns, metrics, seeds, steps, labels=None):
+def _divergence(returns, metrics, seeds, steps, labels=None) -> tuple[str | None, np.ndarray]:
+    """`(message, diverged)`: `diverged` marks the runs (rows) with a non-finite evaluation
+    return or loss; `message` names them, the first quantity and its step (`None` if
+    every run is finite)."""
     checked = {
         "eval_return": returns,
         **{k: v for k, v in metrics.items() if k in ("model_loss", "q_real_loss", "q_model_loss")},
     }
+    diverged = np.zeros(len(seeds), bool)
+    first = None
     for name, values in checked.items():
         bad = ~np.isfinite(values)
         if bad.any():
-            run_idx, step_idx = np.nonzero(bad)
-            where = f"seeds {sorted(set(seeds[run_idx].tolist()))}"
-            if labels is not None and any(labels):
-                where += f" at {sorted(set(labels[i] for i in run_idx))}"
-            raise FloatingPointError(
-                f"Training produced a non-finite `{name}` for {where} by step "
-                f"{int(steps[step_idx.min()])}. "
-                "Lower the learning rates, or for the Neumann adjoint lower `adjoint_scale` "
-                "below 1/(largest Hessian eigenvalue)."
-            )
+            diverged |= bad.any(axis=1)
+            step = int(steps[np.nonzero(bad)[1].min()])
+            if first is None or step < first[1]:
+                first = (name, step)
+    if first is None:
+        return None, diverged
+    where = f"seeds {sorted(set(seeds[diverged].tolist()))}"
+    if labels is not None and any(labels):
+        where += f" at {sorted(set(labels[i] for i in np.nonzero(diverged)[0]))}"
+    message = (
+        f"Training produced a non-finite `{first[0]}` for {where} by step {first[1]}. "
+        "Lower the learning rates, or for the Neumann adjoint lower `adjoint_scale` below "
+        "1/(largest Hessian eigenvalue). The error's `result` holds every run up to there "
+        "and `diverged` marks these."
+    )
+    return message, diverged
 
 
 # `train_host`'s jitted pieces, at module level so that a second run with the same
@@ -735,6 +778,10 @@ def train_host(
     **Returns:**
 
     An [`omdx.TrainResult`][] with one seed; `final_state.env_state` is `None`.
+
+    **Raises:**
+
+    [`omdx.TrainingDiverged`][] after the run if it produced a non-finite return or loss.
     """
     from .envs import HostEnv
 
@@ -774,7 +821,7 @@ def train_host(
         bar = tqdm(total=tc.steps, unit="step", desc=f"{agent_config.agent} (host)")
     returns, window, log = [], [], {}
     episode = 0
-    with errors_as_nan():
+    with errors_off():
         for t in range(tc.steps):
             key, act_key, update_key = jr.split(key, 3)
             explore = jnp.asarray(1.0 if t < tc.random_steps else tc.epsilon)
@@ -838,10 +885,13 @@ def train_host(
         metrics=metrics,
         final_state=RunState(agent, None, jnp.asarray(observation), buffer, key),
     )
-    _check_finite(
+    message, diverged = _divergence(
         result.eval_returns,
-        {k: np.nan_to_num(v, nan=0.0) for k, v in metrics.items()},
+        # Zeros, not the NaN padding, for the windows before the first update.
+        {k: np.asarray([np.concatenate([np.zeros(n - len(v)), v])]) for k, v in log.items()},
         result.seeds,
         eval_steps,
     )
+    if message is not None:
+        raise TrainingDiverged(message, result, diverged)
     return result

@@ -141,6 +141,36 @@ def test_bad_sweep_raises_before_training(cartpole):
         run({})
 
 
+def test_a_diverging_run_loses_no_other_run(cartpole):
+    # Plain SGD at a learning rate of 10^6 blows the Q-network up within the first updates.
+    config = dataclasses.replace(TINY_AGENT, inner_optimiser="sgd")
+    chunks = []
+    with pytest.raises(omdx.TrainingDiverged, match=r"seeds \[3\] at \['q_lr=1e\+06'\]") as caught:
+        omdx.train(
+            cartpole,
+            config,
+            TINY_RUN,
+            seeds=[3],
+            sweep={"q_lr": [3e-4, 1e6]},
+            progress=False,
+            on_chunk=chunks.append,
+        )
+    error = caught.value
+    assert isinstance(error, FloatingPointError)
+    assert [list(mask) for mask in error.diverged] == [[False], [True]]
+    finite, blown = error.result
+    # Every evaluation up to the divergence is kept, as it was streamed.
+    np.testing.assert_array_equal(finite.eval_steps, [200, 400])
+    streamed = np.concatenate([chunk["eval_returns"] for chunk in chunks], axis=1)
+    np.testing.assert_array_equal(
+        np.concatenate([finite.eval_returns, blown.eval_returns]), streamed
+    )
+    for name in ("model_loss", "q_model_loss", "q_real_loss"):
+        assert np.all(np.isfinite(finite.metrics[name][:, 1])), name
+    assert not np.all(np.isfinite(blown.metrics["q_model_loss"][:, 1]))
+    assert finite.final_state.hyperparameters["q_lr"].tolist() == [3e-4]
+
+
 def test_shard_count_divides_the_seeds():
     devices = ["a", "b", "c", "d"]  # only their number matters
     assert [_shard_count(n, devices) for n in (1, 2, 3, 4, 6, 9, 10)] == [1, 2, 3, 4, 3, 3, 2]
