@@ -16,6 +16,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+import numpy as np
+
 from ._help import HelpWithDefaults
 
 
@@ -176,13 +178,14 @@ def _use_cpu_devices(count: int | None) -> None:
             ) from None
 
 
-def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict]:
+def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bool]:
     """Train one agent on the CLI's settings, streaming metrics to `out/metrics.csv`, then
-    write `out/summary.json` and `out/curves.png`; returns `_table_rows`' rows and curves."""
+    write `out/summary.json` and `out/curves.png`. Returns `_table_rows`' rows and curves,
+    and whether a run diverged (then the others are reported without it)."""
     import jax
 
     from ._report import CsvAppender, plot_curves, run_summary, write_json
-    from ._train import _sweep_points, train
+    from ._train import _runs_of, _sweep_points, train, TrainingDiverged
     from .envs import make
 
     _use_cpu_devices(args.cpu_devices)
@@ -223,40 +226,59 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict]:
         csv.append(rows)
 
     start = time.perf_counter()
-    result = train(
-        env,
-        agent_config,
-        train_config,
-        seeds=args.seeds,
-        sweep=sweep,
-        progress=not args.no_progress,
-        on_chunk=on_chunk,
-    )
+    try:
+        result = train(
+            env,
+            agent_config,
+            train_config,
+            seeds=args.seeds,
+            sweep=sweep,
+            progress=not args.no_progress,
+            on_chunk=on_chunk,
+        )
+        diverged = None
+    except TrainingDiverged as error:
+        # Report the runs that stayed finite (up to the divergence) and name the others.
+        print(f"warning: {agent}: {error}", file=sys.stderr)
+        result, diverged = error.result, error.diverged
     seconds = time.perf_counter() - start
     points = result if sweep else [result]
+    if diverged is None:
+        masks = [np.zeros(len(point.seeds), bool) for point in points]
+    else:
+        masks = diverged if sweep else [diverged]
+    summaries, finite_points = [], []
+    for point, mask in zip(points, masks):
+        finite = _runs_of(point, ~mask) if mask.any() else point
+        point_summary = run_summary(finite)
+        if mask.any():
+            point_summary["diverged_seeds"] = point.seeds[mask].tolist()
+            point_summary["last_eval_step"] = int(point.eval_steps[-1])
+        summaries.append(point_summary)
+        finite_points.append(finite)
     if sweep:
         summary = {
             "points": [
                 {"hyperparameters": {name: values[i] for name, values in sweep.items()}}
-                | run_summary(point)
-                for i, point in enumerate(points)
+                | point_summary
+                for i, point_summary in enumerate(summaries)
             ]
         }
     else:
-        summary = run_summary(result)
+        summary = summaries[0]
     summary["wall_seconds"] = seconds
     summary["env_steps_per_second"] = args.steps * args.seeds * len(points) / seconds
     # The devices the runs were split over.
     devices = set().union(*(p.final_state.key.sharding.device_set for p in points))
     summary["devices"] = sorted(str(d) for d in devices)
     write_json(out / "summary.json", summary)
-    rows, curves = _table_rows(agent, points, summary)
+    rows, curves = _table_rows(agent, finite_points, summary)
     plot_curves(
         out / "curves.png",
         curves,
         title=f"{agent} on {args.env} (model_hidden={args.model_hidden})",
     )
-    return rows, curves
+    return rows, curves, diverged is not None
 
 
 def _pm(mean: float, half_width: float) -> str:
@@ -274,13 +296,15 @@ def _table_rows(agent: str, points: list, summary: dict) -> tuple[list[dict], di
         values = point_summary.get("hyperparameters", {})
         label = f"{agent}, {_sweep_label(values)}" if values else agent
         curves[label] = (point.eval_steps, point.eval_returns)
+        final = _pm(point_summary["final_return_mean"], point_summary["final_return_ci95"])
+        if "diverged_seeds" in point_summary:
+            dropped = ", ".join(map(str, point_summary["diverged_seeds"]))
+            final += f" (seed {dropped} diverged by step {point_summary['last_eval_step']})"
         rows.append(
             {
                 "agent": agent,
                 **{name: f"{value:g}" for name, value in values.items()},
-                "final return": _pm(
-                    point_summary["final_return_mean"], point_summary["final_return_ci95"]
-                ),
+                "final return": final,
                 "AUC": _pm(point_summary["auc_mean"], point_summary["auc_ci95"]),
                 "model error (MSE s')": point_summary["final_model_error_mean"],
                 "seconds": summary["wall_seconds"],
@@ -306,27 +330,28 @@ def _print_table(args, title: str, rows: list[dict]) -> str:
 
 def _cmd_train(args) -> int:
     out = pathlib.Path(args.out)
-    rows, _ = run_agent(args, args.agent, out)
+    rows, _, diverged = run_agent(args, args.agent, out)
     _print_table(args, f"# omdx train: {args.agent}", rows)
     print(f"Results in {out}/")
-    return 0
+    return 1 if diverged else 0
 
 
 def _compare(args, agents: Sequence[str], title: str) -> int:
     from ._report import plot_curves
 
     out = pathlib.Path(args.out)
-    curves, rows = {}, []
+    curves, rows, diverged = {}, [], False
     for agent in agents:
-        agent_rows, agent_curves = run_agent(args, agent, out / agent)
+        agent_rows, agent_curves, agent_diverged = run_agent(args, agent, out / agent)
         rows += agent_rows
         curves.update(agent_curves)
+        diverged |= agent_diverged
     (out / "compare.md").write_text(_print_table(args, title, rows))
     plot = plot_curves(
         out / "curves.png", curves, title=f"{args.env}, model_hidden={args.model_hidden}"
     )
     print(f"Wrote {out / 'compare.md'} and {plot}")
-    return 0
+    return 1 if diverged else 0
 
 
 def _cmd_compare(args) -> int:

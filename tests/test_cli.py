@@ -153,3 +153,42 @@ def test_tabular_command_writes_its_files(tmp_path, capsys):
     with pytest.raises(SystemExit):  # argparse: not a positive int
         main(["tabular", "misspec", "--seeds", "0", "--out", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_diverged_seed_is_reported_apart(tmp_path, capsys, monkeypatch):
+    import jax.numpy as jnp
+
+    import omdx._train
+
+    # `train` as it ends when seed 1 diverges in the last chunk (no training: the CLI's
+    # handling of the error is under test).
+    def diverging_train(env, agent_config, train_config, *, seeds, on_chunk, **kwargs):
+        steps, returns = np.array([200, 400]), np.array([[10.0, 20.0], [15.0, 9.0], [30.0, 40.0]])
+        loss = np.array([[1.0, 1.0], [1.0, np.nan], [1.0, 1.0]])
+        metrics = {"model_loss": loss, "model_error": np.ones((3, 2))}
+        seed_list = np.arange(seeds)
+        on_chunk(
+            {
+                "eval_steps": steps,
+                "eval_returns": returns,
+                "metrics": metrics,
+                "seeds": seed_list,
+                "hyperparameters": {},
+            }
+        )
+        state = types.SimpleNamespace(key=jnp.zeros((3, 2), jnp.uint32))
+        result = omdx.TrainResult(seed_list, steps, returns, metrics, state)
+        raise omdx.TrainingDiverged("seed 1 diverged", result, np.array([False, True, False]))
+
+    monkeypatch.setattr(omdx._train, "train", diverging_train)
+    out = tmp_path / "run"
+    argv = ["train", "--agent", "mle", "--seeds", "3", *TINY.split(), "--no-progress"]
+    assert main(argv + ["--out", str(out)]) == 1  # everything written, then a failure code
+    printed = capsys.readouterr()
+    assert "warning: mle: seed 1 diverged" in printed.err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_return_per_seed"] == [20.0, 40.0]  # seeds 0 and 2
+    assert summary["diverged_seeds"] == [1] and summary["last_eval_step"] == 400
+    assert "30.0 ± 127.1 (seed 1 diverged by step 400)" in printed.out
+    with (out / "metrics.csv").open() as f:  # the stream has every seed, as it came
+        assert sorted({int(r["seed"]) for r in csv.DictReader(f)}) == [0, 1, 2]
