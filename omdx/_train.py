@@ -636,7 +636,7 @@ def train(
         bar = tqdm(
             total=train_config.steps, unit="step", desc=f"{agent_config.agent} x{len(run_seeds)}"
         )
-    start = 0
+    start, message, diverged = 0, None, None
     for iterations in _chunk_plan(total_evals, train_config.evals_per_chunk):
         with errors_off():
             runs, (chunk_returns, chunk_metrics) = _run_chunk(
