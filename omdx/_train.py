@@ -677,15 +677,11 @@ def train(
     )
     n = len(seed_array)
     by_point = [slice(i * n, (i + 1) * n) for i in range(n_points)]
+    results = [_runs_of(result, p) for p in by_point] if points else result
     if message is not None:
-        if not points:
-            raise TrainingDiverged(message, result, diverged)
-        raise TrainingDiverged(
-            message, [_runs_of(result, p) for p in by_point], [diverged[p] for p in by_point]
-        )
-    if not points:
-        return result
-    return [_runs_of(result, p) for p in by_point]
+        masks = [diverged[p] for p in by_point] if points else diverged
+        raise TrainingDiverged(message, results, masks)
+    return results
 
 
 def _runs_of(result: TrainResult, runs: slice | np.ndarray) -> TrainResult:
@@ -875,9 +871,13 @@ def train_host(
         bar.close()
     eval_steps = tc.eval_every * (1 + np.arange(len(returns)))
     n = len(returns)
-    metrics = {
-        k: np.asarray([np.concatenate([np.full(n - len(v), np.nan), v])]) for k, v in log.items()
-    }
+
+    def padded(fill):  # windows before the first update hold `fill`
+        return {
+            k: np.asarray([np.concatenate([np.full(n - len(v), fill), v])]) for k, v in log.items()
+        }
+
+    metrics = padded(np.nan)
     result = TrainResult(
         seeds=np.array([seed]),
         eval_steps=eval_steps,
@@ -887,8 +887,7 @@ def train_host(
     )
     message, diverged = _divergence(
         result.eval_returns,
-        # Zeros, not the NaN padding, for the windows before the first update.
-        {k: np.asarray([np.concatenate([np.zeros(n - len(v)), v])]) for k, v in log.items()},
+        padded(0.0),  # the NaN padding is no divergence
         result.seeds,
         eval_steps,
     )

@@ -16,8 +16,6 @@ import sys
 import time
 from collections.abc import Sequence
 
-import numpy as np
-
 from ._help import HelpWithDefaults
 
 
@@ -244,14 +242,15 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
     seconds = time.perf_counter() - start
     points = result if sweep else [result]
     if diverged is None:
-        masks = [np.zeros(len(point.seeds), bool) for point in points]
+        masks = [None] * len(points)
     else:
         masks = diverged if sweep else [diverged]
     summaries, finite_points = [], []
     for point, mask in zip(points, masks):
-        finite = _runs_of(point, ~mask) if mask.any() else point
+        dropped = mask is not None and mask.any()
+        finite = _runs_of(point, ~mask) if dropped else point
         point_summary = run_summary(finite)
-        if mask.any():
+        if dropped:
             point_summary["diverged_seeds"] = point.seeds[mask].tolist()
             point_summary["last_eval_step"] = int(point.eval_steps[-1])
         summaries.append(point_summary)
