@@ -755,29 +755,36 @@ def train_host(
     agent_config: AgentConfig = AgentConfig(),
     train_config: TrainConfig = TrainConfig(),
     *,
-    seed: int = 0,
+    seeds: int | Sequence[int] = 1,
     progress: bool = True,
+    on_chunk: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train an agent on any `gymnasium.Env`, stepped in Python; acting and updates jitted.
 
     The same agent steps as [`omdx.train`][], for environments that are not written in JAX
     (MuJoCo through the `mujoco` package, Atari, your own): each environment step is a
-    Python call, each update one jitted call. One seed per call.
+    Python call, each update one jitted call. The seeds run one after another.
 
     **Arguments:**
 
     - `env`: an [`omdx.envs.HostEnv`][] or a gymnasium id (discrete actions).
     - `agent_config`, `train_config`: as for [`omdx.train`][].
-    - `seed`: seeds the agent, the environment resets and the evaluation episodes.
-    - `progress`: show a progress bar.
+    - `seeds`: a number of seeds (`0..n-1`) or a list of seeds. A seed seeds the agent,
+        the environment's resets and the evaluation episodes; the same seed gives the same
+        run.
+    - `progress`: show a progress bar for each seed.
+    - `on_chunk`: called after each seed's run with the dict that [`omdx.train`][] passes
+        after a chunk (that seed's evaluations, one run), for streaming to disk.
 
     **Returns:**
 
-    An [`omdx.TrainResult`][] with one seed; `final_state.env_state` is `None`.
+    An [`omdx.TrainResult`][], seeds on the leading axis (`final_state` too);
+    `final_state.env_state` is `None`.
 
     **Raises:**
 
-    [`omdx.TrainingDiverged`][] after the run if it produced a non-finite return or loss.
+    [`omdx.TrainingDiverged`][] after the last seed if a run produced a non-finite return
+    or loss; its `result` holds every seed's run.
     """
     from .envs import HostEnv
 
@@ -787,9 +794,57 @@ def train_host(
         raise TypeError(f"`env` must be an `omdx.envs.HostEnv` or an id, got {type(env)}.")
     if env.num_actions is None:
         raise ValueError("`env` has continuous actions; the OMD/MLE/VEP agents need discrete ones.")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"`seed` must be an int, got {seed!r}.")
-    tc = train_config
+    if not isinstance(agent_config, AgentConfig):
+        raise TypeError(f"`agent_config` must be an `AgentConfig`, got {type(agent_config)}.")
+    if not isinstance(train_config, TrainConfig):
+        raise TypeError(f"`train_config` must be a `TrainConfig`, got {type(train_config)}.")
+    results, checked = [], []
+    for seed in _as_seeds(seeds).tolist():
+        result, checked_metrics = _host_run(env, agent_config, train_config, seed, progress)
+        results.append(result)
+        checked.append(checked_metrics)
+        if on_chunk is not None:
+            on_chunk(
+                {
+                    "eval_steps": result.eval_steps,
+                    "eval_returns": result.eval_returns,
+                    "metrics": result.metrics,
+                    "seeds": result.seeds,
+                    "hyperparameters": {},
+                }
+            )
+    result = TrainResult(
+        seeds=np.concatenate([r.seeds for r in results]),
+        eval_steps=results[0].eval_steps,
+        eval_returns=np.concatenate([r.eval_returns for r in results]),
+        metrics={k: np.concatenate([r.metrics[k] for r in results]) for k in results[0].metrics},
+        final_state=jax.tree.map(_stack_arrays, *[r.final_state for r in results]),
+    )
+    message, diverged = _divergence(
+        result.eval_returns,
+        {k: np.concatenate([c[k] for c in checked]) for k in checked[0]},
+        result.seeds,
+        result.eval_steps,
+    )
+    if message is not None:
+        raise TrainingDiverged(message, result, diverged)
+    return result
+
+
+def _stack_arrays(*leaves):
+    """Stack array leaves along a new leading axis; other leaves (the networks'
+    activation functions) are shared."""
+    return jnp.stack(leaves) if eqx.is_array(leaves[0]) else leaves[0]
+
+
+def _host_run(
+    env, agent_config: AgentConfig, tc: TrainConfig, seed: int, progress: bool
+) -> tuple[TrainResult, dict[str, np.ndarray]]:
+    """One seed of `train_host`: its result (unstacked `final_state`) and the metrics to
+    check for divergence (the windows before the first update hold zeros there, NaNs in
+    the result)."""
+    from .envs import HostEnv
+
     spec = getattr(env.env, "spec", None)
     if spec is not None:  # a separate instance, so evaluation does not cut training episodes
         eval_env = HostEnv(
@@ -814,7 +869,7 @@ def train_host(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=tc.steps, unit="step", desc=f"{agent_config.agent} (host)")
+        bar = tqdm(total=tc.steps, unit="step", desc=f"{agent_config.agent} (host, seed {seed})")
     returns, window, log = [], [], {}
     episode = 0
     with errors_off():
@@ -877,20 +932,11 @@ def train_host(
             k: np.asarray([np.concatenate([np.full(n - len(v), fill), v])]) for k, v in log.items()
         }
 
-    metrics = padded(np.nan)
     result = TrainResult(
         seeds=np.array([seed]),
         eval_steps=eval_steps,
         eval_returns=np.asarray([returns]),
-        metrics=metrics,
+        metrics=padded(np.nan),
         final_state=RunState(agent, None, jnp.asarray(observation), buffer, key),
     )
-    message, diverged = _divergence(
-        result.eval_returns,
-        padded(0.0),  # the NaN padding is no divergence
-        result.seeds,
-        eval_steps,
-    )
-    if message is not None:
-        raise TrainingDiverged(message, result, diverged)
-    return result
+    return result, padded(0.0)

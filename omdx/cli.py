@@ -24,7 +24,18 @@ def _add_run_arguments(
 ) -> None:
     from .agents._config import AGENT_ADJOINTS
 
-    parser.add_argument("--env", default="CartPole-v1", help="environment id (omdx.envs.make)")
+    parser.add_argument(
+        "--env",
+        default="CartPole-v1",
+        help="environment id: a JAX environment of omdx.envs.make (CartPole-v1), or any "
+        "gymnasium id with discrete actions, stepped in Python (see --host)",
+    )
+    parser.add_argument(
+        "--host",
+        action="store_true",
+        help="step the environment in Python, one jitted update per step, one seed after "
+        "another (omdx.train_host); automatic for ids that are not JAX environments",
+    )
     parser.add_argument(
         "--seeds", type=int, default=seeds, help="number of seeds (vmapped, split over devices)"
     )
@@ -176,6 +187,37 @@ def _use_cpu_devices(count: int | None) -> None:
             ) from None
 
 
+def _jax_env_ids() -> tuple[str, ...]:
+    """The ids `omdx.envs.make` builds as JAX environments."""
+    from .envs._func import _KNOWN_ENVS
+
+    return tuple(_KNOWN_ENVS)
+
+
+def _make_env(args) -> tuple[object, bool]:
+    """The environment of `--env` (with `--distractors`), and whether it runs in the host
+    loop: with `--host`, or for a gymnasium id that `omdx.envs.make` does not know."""
+    import gymnasium
+
+    from .envs import HostEnv, make
+
+    host = args.host or args.env not in _jax_env_ids()
+    if not host:
+        return make(args.env, distractors=args.distractors), False
+    try:
+        env = HostEnv(args.env, distractors=args.distractors)
+    except gymnasium.error.Error as error:
+        raise ValueError(
+            f"Unknown `--env` {args.env!r}: neither a JAX environment of omdx "
+            f"({', '.join(_jax_env_ids())}) nor a registered gymnasium id ({error})."
+        ) from None
+    if env.num_actions is None:
+        raise ValueError(
+            f"`--env {args.env}` has continuous actions; the OMD/MLE/VEP agents need discrete ones."
+        )
+    return env, True
+
+
 def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bool]:
     """Train one agent on the CLI's settings, streaming metrics to `out/metrics.csv`, then
     write `out/summary.json` and `out/curves.png`. Returns `_table_rows`' rows and curves,
@@ -183,8 +225,7 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
     import jax
 
     from ._report import CsvAppender, plot_curves, run_summary, write_json
-    from ._train import _runs_of, _sweep_points, train, TrainingDiverged
-    from .envs import make
+    from ._train import _runs_of, _sweep_points, train, train_host, TrainingDiverged
 
     _use_cpu_devices(args.cpu_devices)
     if args.x64:
@@ -192,12 +233,19 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
     agent_config, train_config = _configs(args, agent)
     sweep = _parse_sweep(args.sweep)
     _sweep_points(sweep, agent_config, train_config)  # a bad sweep fails before any file
-    env = make(args.env, distractors=args.distractors)
+    env, host = _make_env(args)
+    if host and sweep:
+        raise ValueError(
+            f"`--sweep` trains its points in one compiled run, which needs a JAX environment "
+            f"({', '.join(_jax_env_ids())}); `--env {args.env}` runs in the host loop. Run one "
+            "value per call instead."
+        )
     out.mkdir(parents=True, exist_ok=True)
     write_json(
         out / "config.json",
         {
             "env": args.env,
+            "host": host,
             "distractors": args.distractors,
             "seeds": args.seeds,
             "x64": args.x64,
@@ -225,15 +273,25 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
 
     start = time.perf_counter()
     try:
-        result = train(
-            env,
-            agent_config,
-            train_config,
-            seeds=args.seeds,
-            sweep=sweep,
-            progress=not args.no_progress,
-            on_chunk=on_chunk,
-        )
+        if host:
+            result = train_host(
+                env,
+                agent_config,
+                train_config,
+                seeds=args.seeds,
+                progress=not args.no_progress,
+                on_chunk=on_chunk,
+            )
+        else:
+            result = train(
+                env,
+                agent_config,
+                train_config,
+                seeds=args.seeds,
+                sweep=sweep,
+                progress=not args.no_progress,
+                on_chunk=on_chunk,
+            )
         diverged = None
     except TrainingDiverged as error:
         # Report the runs that stayed finite (up to the divergence) and name the others.

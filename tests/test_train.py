@@ -212,13 +212,26 @@ def test_bad_configuration_raises_before_training(cartpole):
 
 def test_host_loop_trains_on_a_gymnasium_env():
     run = TrainConfig(steps=300, random_steps=150, eval_every=150, eval_episodes=2, batch_size=32)
-    result = omdx.train_host("CartPole-v1", TINY_AGENT, run, seed=1, progress=False)
-    assert result.eval_returns.shape == (1, 2)
+    streamed = []
+    result = omdx.train_host(
+        "CartPole-v1", TINY_AGENT, run, seeds=[1, 2], progress=False, on_chunk=streamed.append
+    )
+    assert result.eval_returns.shape == (2, 2)
+    np.testing.assert_array_equal(result.seeds, [1, 2])
     assert np.all(result.eval_returns >= 1)
     assert np.all(np.isfinite(result.metrics["model_loss"][:, -1]))
-    # The same seed gives the same run (the second call reuses the compiled steps).
-    again = omdx.train_host("CartPole-v1", TINY_AGENT, run, seed=1, progress=False)
-    np.testing.assert_array_equal(again.eval_returns, result.eval_returns)
-    np.testing.assert_array_equal(again.metrics["model_loss"], result.metrics["model_loss"])
+    # One seed after another, each streamed as it finishes, and the states stacked.
+    assert [list(chunk["seeds"]) for chunk in streamed] == [[1], [2]]
+    for i, chunk in enumerate(streamed):
+        np.testing.assert_array_equal(chunk["eval_returns"][0], result.eval_returns[i])
+    assert result.final_state.agent.updates.shape == (2,)
+    # The seeds' runs differ, and the same seed gives the same run on its own (the second
+    # call reuses the compiled steps).
+    assert not np.array_equal(result.metrics["model_loss"][0], result.metrics["model_loss"][1])
+    again = omdx.train_host("CartPole-v1", TINY_AGENT, run, seeds=[2], progress=False)
+    np.testing.assert_array_equal(again.eval_returns[0], result.eval_returns[1])
+    np.testing.assert_array_equal(again.metrics["model_loss"][0], result.metrics["model_loss"][1])
     with pytest.raises(TypeError, match="`env`"):
         omdx.train_host(42, TINY_AGENT, run, progress=False)
+    with pytest.raises(ValueError, match="`seeds`"):
+        omdx.train_host("CartPole-v1", TINY_AGENT, run, seeds=0, progress=False)
