@@ -235,3 +235,21 @@ def test_host_loop_trains_on_a_gymnasium_env():
         omdx.train_host(42, TINY_AGENT, run, progress=False)
     with pytest.raises(ValueError, match="`seeds`"):
         omdx.train_host("CartPole-v1", TINY_AGENT, run, seeds=0, progress=False)
+
+
+def test_the_host_loop_reports_a_divergence_after_every_seed():
+    # As in `test_a_diverging_run_loses_no_other_run`: SGD at 10^6 blows the Q-network up.
+    config = dataclasses.replace(TINY_AGENT, inner_optimiser="sgd", q_lr=1e6)
+    run = TrainConfig(steps=200, random_steps=100, eval_every=100, eval_episodes=1, batch_size=32)
+    streamed = []
+    with pytest.raises(omdx.TrainingDiverged, match=r"seeds \[4, 5\]") as caught:
+        omdx.train_host(
+            "CartPole-v1", config, run, seeds=[4, 5], progress=False, on_chunk=streamed.append
+        )
+    error = caught.value
+    # Both seeds ran to the end, were streamed, and are in the error's result.
+    assert [list(chunk["seeds"]) for chunk in streamed] == [[4], [5]]
+    np.testing.assert_array_equal(error.result.seeds, [4, 5])
+    np.testing.assert_array_equal(error.diverged, [True, True])
+    assert error.result.eval_returns.shape == (2, 2)
+    assert not np.isfinite(error.result.metrics["q_real_loss"][:, -1]).any()
