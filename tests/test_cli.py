@@ -4,6 +4,7 @@ import csv
 import json
 import types
 
+import jax
 import numpy as np
 import pytest
 
@@ -116,7 +117,10 @@ def test_bad_arguments_fail_before_training(tmp_path):
     assert not (tmp_path / "x" / "metrics.csv").exists()
     with pytest.raises(ValueError, match="`--cpu-devices`"):
         main(["train", "--cpu-devices", "0", "--out", str(tmp_path / "y")])
-    # JAX has computed in this process (two CPU devices): another count cannot be had.
+    # Once JAX has computed in a process (here on tests/conftest.py's two CPU devices),
+    # another count cannot be had. Compute first, so the check does not depend on which
+    # tests ran before it in this process (alone, it would start a 200 000-step run).
+    jax.block_until_ready(jax.numpy.zeros(2) + 1)
     with pytest.raises(ValueError, match="`--cpu-devices 3`"):
         main(["train", "--cpu-devices", "3", "--out", str(tmp_path / "z")])
     assert not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
