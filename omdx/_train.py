@@ -528,6 +528,16 @@ def _chunk_plan(total: int, per_chunk: int) -> list[int]:
     return [per_chunk] * full + ([rest] if rest else [])
 
 
+def _check_inputs(env, agent_config, train_config) -> None:
+    """The checks `train` and `train_host` share, before any work."""
+    if env.num_actions is None:
+        raise ValueError("`env` has continuous actions; the OMD/MLE/VEP agents need discrete ones.")
+    if not isinstance(agent_config, AgentConfig):
+        raise TypeError(f"`agent_config` must be an `AgentConfig`, got {type(agent_config)}.")
+    if not isinstance(train_config, TrainConfig):
+        raise TypeError(f"`train_config` must be a `TrainConfig`, got {type(train_config)}.")
+
+
 def train(
     env: AbstractEnv | str,
     agent_config: AgentConfig = AgentConfig(),
@@ -591,12 +601,7 @@ def train(
             "`env` must be an `omdx.envs.AbstractEnv` or an id known to `omdx.envs.make`, got "
             f"{type(env).__name__}."
         )
-    if env.num_actions is None:
-        raise ValueError("`env` has continuous actions; the OMD/MLE/VEP agents need discrete ones.")
-    if not isinstance(agent_config, AgentConfig):
-        raise TypeError(f"`agent_config` must be an `AgentConfig`, got {type(agent_config)}.")
-    if not isinstance(train_config, TrainConfig):
-        raise TypeError(f"`train_config` must be a `TrainConfig`, got {type(train_config)}.")
+    _check_inputs(env, agent_config, train_config)
     seed_array = _as_seeds(seeds)
     points = _sweep_points(sweep, agent_config, train_config)
     n_points = len(next(iter(points.values()))) if points else 1
@@ -792,12 +797,7 @@ def train_host(
         env = HostEnv(env)
     if not isinstance(env, HostEnv):
         raise TypeError(f"`env` must be an `omdx.envs.HostEnv` or an id, got {type(env)}.")
-    if env.num_actions is None:
-        raise ValueError("`env` has continuous actions; the OMD/MLE/VEP agents need discrete ones.")
-    if not isinstance(agent_config, AgentConfig):
-        raise TypeError(f"`agent_config` must be an `AgentConfig`, got {type(agent_config)}.")
-    if not isinstance(train_config, TrainConfig):
-        raise TypeError(f"`train_config` must be a `TrainConfig`, got {type(train_config)}.")
+    _check_inputs(env, agent_config, train_config)
     results, checked = [], []
     for seed in _as_seeds(seeds).tolist():
         result, checked_metrics = _host_run(env, agent_config, train_config, seed, progress)
