@@ -145,17 +145,17 @@ def main():
         probed, probe_diverged = train(config, args.probe_step)
         if probe_diverged is not None:
             raise SystemExit(f"{agent} diverged before --probe-step {args.probe_step}")
-        for seed, stats in zip(probed.seeds, probe_seeds(probed, config, params)):
+        for i, (seed, stats) in enumerate(zip(probed.seeds, probe_seeds(probed, config, params))):
             row = {"agent": agent, "seed": int(seed)}
-            if agent == "vep":
-                finite = np.isfinite(q_loss[seed])
+            if agent == "vep":  # the same seeds, in the same order, as `trajectory`
+                values = [trajectory.eval_returns[i], *(v[i] for v in trajectory.metrics.values())]
+                bad = ~np.isfinite(np.stack(values)).all(axis=0)
                 row["diverged"] = (
-                    f"by step {int(trajectory.eval_steps[~finite][0])}" if diverged[seed] else "no"
+                    f"by step {int(trajectory.eval_steps[bad][0])}" if diverged[i] else "no"
                 )
-                row[f"Q loss at {args.probe_step}"] = float(
-                    probed.metrics["q_model_loss"][seed, -1]
-                )
-                row["largest finite Q loss"] = float(np.max(q_loss[seed][finite]))
+                row[f"Q loss at {args.probe_step}"] = float(probed.metrics["q_model_loss"][i, -1])
+                finite = np.isfinite(q_loss[i])
+                row["largest finite Q loss"] = float(np.max(q_loss[i][finite]))
             rows.append({**row, **stats})
         print(markdown_table(rows[-len(probed.seeds) :], precision=3), flush=True)
 
