@@ -19,6 +19,7 @@ from ._diagnostics import (
     adjoint_diagnostics as adjoint_diagnostics,
     AdjointDiagnostics as AdjointDiagnostics,
 )
+from ._errors import TrainingDiverged as TrainingDiverged
 from ._inner import solve_inner as solve_inner
 from ._small_lu import small_solve as small_solve, SmallLU as SmallLU
 from ._solvers import GradientSteps as GradientSteps, GradientStepsState as GradientStepsState
@@ -28,7 +29,6 @@ from ._train import (
     train as train,
     train_host as train_host,
     TrainConfig as TrainConfig,
-    TrainingDiverged as TrainingDiverged,
     TrainResult as TrainResult,
 )
 from ._transition import Transition as Transition

@@ -6,7 +6,6 @@ one compiled call per chunk, vmapped over seeds, so that a progress bar advances
 stream out between chunks while the chunk itself runs without returning to Python.
 """
 
-import contextlib
 import dataclasses
 import functools as ft
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from ._buffer import buffer_add, buffer_init, buffer_sample, ReplayBuffer
+from ._errors import errors_off, TrainingDiverged
 from ._transition import Transition
 from .agents._config import AgentConfig, SWEEPABLE_AGENT_FIELDS
 from .agents._state import AgentState, init_agent
@@ -59,34 +59,6 @@ def filter_cond(pred, true_fn, false_fn, *operands):
         pred, lambda d: wrap(true_fn)(d)[0], lambda d: wrap(false_fn)(d)[0], dynamic
     )
     return eqx.combine(out_dynamic, out_static.value)
-
-
-@contextlib.contextmanager
-def errors_off():
-    """Trace with Equinox's runtime checks switched off (`EQX_ON_ERROR=off`).
-
-    Inside the compiled training loop, Equinox's runtime checks (Lineax always runs the
-    backward linear solve with `throw=True`) are host callbacks that cost about a
-    millisecond per update on CPU. Nor can they be NaNs (`EQX_ON_ERROR=nan`): Equinox
-    reduces a check's predicate over `vmap`, so one diverging seed would turn every seed
-    vmapped with it into NaNs. Off, a failure stays in its own run: the non-finite values
-    it produces are found after the chunk and their runs named (see `_divergence`).
-    Applies only to what is traced inside the context.
-    """
-    try:
-        from equinox import _errors
-    except ImportError:  # pragma: no cover - a future Equinox without this module
-        yield
-        return
-    previous = getattr(_errors, "EQX_ON_ERROR", None)
-    if previous is None:  # pragma: no cover
-        yield
-        return
-    _errors.EQX_ON_ERROR = "off"
-    try:
-        yield
-    finally:
-        _errors.EQX_ON_ERROR = previous
 
 
 def _check_int(name, value, minimum):
@@ -199,25 +171,6 @@ class TrainResult(eqx.Module):
     eval_returns: np.ndarray
     metrics: dict[str, np.ndarray]
     final_state: RunState
-
-
-class TrainingDiverged(FloatingPointError):
-    """Raised by [`omdx.train`][] and [`omdx.train_host`][] when a run produces a
-    non-finite evaluation return or loss. Nothing trained is lost with it.
-
-    **Attributes:**
-
-    - `result`: what the call would have returned (a [`omdx.TrainResult`][], or one per
-        sweep point), up to the last evaluation made: that of the chunk that diverged.
-        Select the runs that stayed finite with `~diverged`.
-    - `diverged`: which runs produced a non-finite value, a boolean array over
-        `result.seeds` (one per sweep point with a sweep).
-    """
-
-    def __init__(self, message: str, result, diverged):
-        super().__init__(message)
-        self.result = result
-        self.diverged = diverged
 
 
 def select_action(

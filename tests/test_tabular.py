@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+import omdx
 from omdx import tabular as tb
 
 from .helpers import finite_difference_grad, relative_error
@@ -252,3 +253,10 @@ def test_float32_runs_and_nan_is_never_silent():
     huge = tb.TabularMDP(mdp32.transitions, jnp.full((2, 2), 3e38, jnp.float32), 0.9)
     with pytest.raises(FloatingPointError, match="non-finite"):
         tb.train(huge, methods=("omd",), seeds=2, bounds=(1.0,), steps=20, chunk=10)
+    # A run that fails stops no other run of the grid: the error names exactly the runs
+    # whose noise overflows Q* + noise, and its result holds the others, finite.
+    with pytest.raises(omdx.TrainingDiverged, match=r"2 run\(s\).*noise=1e\+38") as caught:
+        tb.train(mdp32, methods=("omd",), seeds=2, bounds=(1.0,), noises=(0.0, 1e38), steps=20)
+    diverged = np.asarray(caught.value.diverged)  # [method, bound, noise, seed]
+    np.testing.assert_array_equal(diverged, [[[[False, False], [True, True]]]])
+    assert np.all(np.isfinite(np.asarray(caught.value.result.returns)[:, :, 0]))

@@ -16,6 +16,7 @@ import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from .._adjoint import ADJOINT_NAMES
+from .._errors import errors_off, TrainingDiverged
 from ._mdp import TabularMDP
 from ._operators import (
     bellman_error,
@@ -455,7 +456,9 @@ def train(
 
     **Raises:**
 
-    `FloatingPointError` if any run produced a non-finite value, naming the runs.
+    [`omdx.TrainingDiverged`][] (a `FloatingPointError`) after the last step if any run
+    produced a non-finite value, naming the runs; a failing run does not stop the others,
+    and the error's `result` holds the whole grid.
     """
     if not isinstance(mdp, TabularMDP):
         raise TypeError(f"`mdp` must be a `TabularMDP`, got {type(mdp).__name__}.")
@@ -506,18 +509,11 @@ def train(
         bar = tqdm(total=steps, desc="tabular " + "/".join(names), unit="step")
     try:
         while done_steps < steps:
-            try:
+            # Equinox's checks off (Lineax's backward solve would raise on one run's
+            # non-finite input and abort the whole vmapped grid): a failing run keeps its
+            # non-finite values to itself, and `_check_result` names it after the run.
+            with errors_off():
                 states, chunk_logs = _run_chunk(config, states, mdp, flat_b, flat_n, total)
-            except jax.errors.JaxRuntimeError as e:
-                # Lineax's backward solve always throws; one non-finite run aborts the grid.
-                raise FloatingPointError(
-                    f"Tabular training failed between steps {done_steps} and "
-                    f"{done_steps + config.chunk}: a run produced a non-finite value or a "
-                    "singular Jacobian in the implicit backward solve, which aborts the whole "
-                    "vmapped grid. Try a smaller `lr`, float64, finite `bounds`, or run the "
-                    f"configurations separately to find the culprit. ({type(e).__name__}: "
-                    f"{str(e).splitlines()[0][:200]})"
-                ) from e
             n = min(config.chunk, steps - done_steps)
             for log, chunk_log in zip(logs, chunk_logs):
                 log[:, done_steps : done_steps + n] = np.asarray(chunk_log)[:, :n]
@@ -533,7 +529,8 @@ def train(
     finally:
         if bar is not None:
             bar.close()
-    finals = _finalise(config, states, mdp)
+    with errors_off():  # as the chunks: a failed run is named by `_check_result`
+        finals = _finalise(config, states, mdp)
 
     shape = (len(methods), bound_list.size, noise_list.size, seed_list.size)
 
@@ -584,10 +581,13 @@ def _check_result(result: TrainResult) -> None:
         leaf = np.asarray(leaf)
         bad |= ~np.isfinite(leaf.reshape(result.returns.shape + (-1,))).all(-1)
     if bad.any():
-        raise FloatingPointError(
+        raise TrainingDiverged(
             f"Tabular training produced non-finite values in {int(bad.sum())} run(s): "
             f"{_describe_runs(result, bad)}. Try a smaller `lr`, a larger `temperature`, "
-            "float64 (`jax.config.update('jax_enable_x64', True)`), or a finite `bounds`."
+            "float64 (`jax.config.update('jax_enable_x64', True)`), or a finite `bounds`. "
+            "The error's `result` holds every run and `diverged` marks these.",
+            result,
+            bad,
         )
     failures = np.asarray(result.inner_failures)
     if failures.any():
