@@ -30,6 +30,12 @@ def test_run_summary_by_hand():
 
 
 TINY = "--steps 400 --random-steps 200 --eval-every 200 --eval-episodes 2 --batch-size 32"
+# The (seed, step) rows of `metrics.csv` for 2 seeds on the `TINY` budget.
+TINY_SEEDS_AND_STEPS = [(0, 200), (0, 400), (1, 200), (1, 400)]
+
+
+def _seeds_and_steps(rows: list[dict]) -> list[tuple[int, int]]:
+    return sorted((int(r["seed"]), int(r["step"])) for r in rows)
 
 
 def test_demo_command_compares_omd_and_mle(tmp_path, capsys):
@@ -48,12 +54,7 @@ def test_demo_command_compares_omd_and_mle(tmp_path, capsys):
         assert config["train"]["steps"] == 400 and config["seeds"] == 2
         with (out / agent / "metrics.csv").open() as f:
             rows = list(csv.DictReader(f))
-        assert sorted((int(r["seed"]), int(r["step"])) for r in rows) == [
-            (0, 200),
-            (0, 400),
-            (1, 200),
-            (1, 400),
-        ]
+        assert _seeds_and_steps(rows) == TINY_SEEDS_AND_STEPS
         assert all(np.isfinite(float(r["model_loss"])) for r in rows)
         summary = json.loads((out / agent / "summary.json").read_text())
         last = {int(r["seed"]): float(r["eval_return"]) for r in rows if r["step"] == "400"}
@@ -136,12 +137,7 @@ def test_a_gymnasium_id_trains_in_the_host_loop(tmp_path, capsys):
     assert config["env"] == "Acrobot-v1" and config["host"] is True
     with (out / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert sorted((int(r["seed"]), int(r["step"])) for r in rows) == [
-        (0, 200),
-        (0, 400),
-        (1, 200),
-        (1, 400),
-    ]
+    assert _seeds_and_steps(rows) == TINY_SEEDS_AND_STEPS
     # Acrobot pays -1 per step: an evaluation episode returns between -500 and 0.
     returns = [float(r["eval_return"]) for r in rows]
     assert all(-500 <= value <= 0 for value in returns), returns
