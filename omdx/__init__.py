@@ -27,10 +27,10 @@ from ._train import (
     evaluate as evaluate,
     RunState as RunState,
     train as train,
-    train_host as train_host,
     TrainConfig as TrainConfig,
     TrainResult as TrainResult,
 )
+from ._train_host import train_host as train_host
 from ._transition import Transition as Transition
 from .agents import (
     AgentConfig as AgentConfig,

@@ -242,6 +242,18 @@ def evaluate(env: AbstractEnv, agent: AgentState, key: PRNGKeyArray, episodes: i
     return jnp.mean(returns)
 
 
+def _swept_config(agent_config: AgentConfig, hyperparameters: dict[str, Array]) -> AgentConfig:
+    """`agent_config` with a run's swept values (traced) in place of the static ones."""
+    names = [name for name in hyperparameters if name in SWEEPABLE_AGENT_FIELDS]
+    if not names:
+        return agent_config
+    return eqx.tree_at(
+        lambda c: [getattr(c, name) for name in names],
+        agent_config,
+        [hyperparameters[name] for name in names],
+    )
+
+
 class _Runner(eqx.Module):
     """The pure functions of one seed's run, closed over static settings only."""
 
@@ -263,20 +275,9 @@ class _Runner(eqx.Module):
         buffer = buffer_init(self.train_config.capacity, example)
         return RunState(agent, env_state, observation, buffer, run_key)
 
-    def agent_config_of(self, run: RunState) -> AgentConfig:
-        """The agent config with the run's swept values (traced) in place of the static ones."""
-        names = [name for name in run.hyperparameters if name in SWEEPABLE_AGENT_FIELDS]
-        if not names:
-            return self.agent_config
-        return eqx.tree_at(
-            lambda c: [getattr(c, name) for name in names],
-            self.agent_config,
-            [run.hyperparameters[name] for name in names],
-        )
-
     def env_step(self, run: RunState, t: Int[Array, ""]):
         tc = self.train_config
-        agent_config = self.agent_config_of(run)
+        agent_config = _swept_config(self.agent_config, run.hyperparameters)
         key, act_key, env_key, sample_key = jr.split(run.key, 4)
         epsilon = run.hyperparameters.get("epsilon", tc.epsilon)
         explore = jnp.where(t < tc.random_steps, 1.0, epsilon)
@@ -684,212 +685,3 @@ def _divergence(returns, metrics, seeds, steps, labels=None) -> tuple[str | None
         "and `diverged` marks these."
     )
     return message, diverged
-
-
-# `train_host`'s jitted pieces, at module level so that a second run with the same
-# configuration reuses their compilations (configs and sizes are static arguments).
-@eqx.filter_jit
-def _host_act(agent, observation, key, explore_probability, num_actions, config):
-    return select_action(
-        agent, observation, key, num_actions, explore_probability=explore_probability, config=config
-    )
-
-
-@eqx.filter_jit
-def _host_greedy(agent, observation):
-    return jnp.argmax(jnp.min(agent.q(observation), axis=0))
-
-
-_host_add = eqx.filter_jit(buffer_add)
-
-
-@eqx.filter_jit
-def _host_update(agent, buffer, key, batch_size, config):
-    return agent_step(agent, buffer_sample(buffer, key, batch_size), config)
-
-
-def train_host(
-    env: Any,
-    agent_config: AgentConfig = AgentConfig(),
-    train_config: TrainConfig = TrainConfig(),
-    *,
-    seeds: int | Sequence[int] = 1,
-    progress: bool = True,
-    on_chunk: Callable[[dict[str, Any]], None] | None = None,
-) -> TrainResult:
-    """Train an agent on any `gymnasium.Env`, stepped in Python; acting and updates jitted.
-
-    The same agent steps as [`omdx.train`][], for environments that are not written in JAX
-    (MuJoCo through the `mujoco` package, Atari, your own): each environment step is a
-    Python call, each update one jitted call. The seeds run one after another.
-
-    **Arguments:**
-
-    - `env`: an [`omdx.envs.HostEnv`][] or a gymnasium id (discrete actions).
-    - `agent_config`, `train_config`: as for [`omdx.train`][].
-    - `seeds`: a number of seeds (`0..n-1`) or a list of seeds. A seed seeds the agent,
-        the environment's resets and the evaluation episodes; the same seed gives the same
-        run.
-    - `progress`: show a progress bar for each seed.
-    - `on_chunk`: called after each seed's run with the dict that [`omdx.train`][] passes
-        after a chunk (that seed's evaluations, one run), for streaming to disk.
-
-    **Returns:**
-
-    An [`omdx.TrainResult`][], seeds on the leading axis (`final_state` too);
-    `final_state.env_state` is `None`.
-
-    **Raises:**
-
-    [`omdx.TrainingDiverged`][] after the last seed if a run produced a non-finite return
-    or loss; its `result` holds every seed's run.
-    """
-    from .envs import HostEnv
-
-    if isinstance(env, str):
-        env = HostEnv(env)
-    if not isinstance(env, HostEnv):
-        raise TypeError(f"`env` must be an `omdx.envs.HostEnv` or an id, got {type(env)}.")
-    _check_inputs(env, agent_config, train_config)
-    results, checked = [], []
-    for seed in _as_seeds(seeds).tolist():
-        result, checked_metrics = _host_run(env, agent_config, train_config, seed, progress)
-        results.append(result)
-        checked.append(checked_metrics)
-        if on_chunk is not None:
-            on_chunk(
-                {
-                    "eval_steps": result.eval_steps,
-                    "eval_returns": result.eval_returns,
-                    "metrics": result.metrics,
-                    "seeds": result.seeds,
-                    "hyperparameters": {},
-                }
-            )
-    result = TrainResult(
-        seeds=np.concatenate([r.seeds for r in results]),
-        eval_steps=results[0].eval_steps,
-        eval_returns=np.concatenate([r.eval_returns for r in results]),
-        metrics={k: np.concatenate([r.metrics[k] for r in results]) for k in results[0].metrics},
-        final_state=jax.tree.map(_stack_arrays, *[r.final_state for r in results]),
-    )
-    message, diverged = _divergence(
-        result.eval_returns,
-        {k: np.concatenate([c[k] for c in checked]) for k in checked[0]},
-        result.seeds,
-        result.eval_steps,
-    )
-    if message is not None:
-        raise TrainingDiverged(message, result, diverged)
-    return result
-
-
-def _stack_arrays(*leaves):
-    """Stack array leaves along a new leading axis; other leaves (the networks'
-    activation functions) are shared."""
-    return jnp.stack(leaves) if eqx.is_array(leaves[0]) else leaves[0]
-
-
-def _host_run(
-    env, agent_config: AgentConfig, tc: TrainConfig, seed: int, progress: bool
-) -> tuple[TrainResult, dict[str, np.ndarray]]:
-    """One seed of `train_host`: its result (unstacked `final_state`) and the metrics to
-    check for divergence (the windows before the first update hold zeros there, NaNs in
-    the result)."""
-    from .envs import HostEnv
-
-    spec = getattr(env.env, "spec", None)
-    if spec is not None:  # a separate instance, so evaluation does not cut training episodes
-        eval_env = HostEnv(
-            spec.id, distractors=env.distractors, max_episode_steps=env.max_episode_steps
-        )
-    else:
-        eval_env = env
-    key = jr.PRNGKey(seed)
-    agent_key, key = jr.split(key)
-    agent = init_agent(agent_key, env, agent_config)
-    observation = env.reset(seed=seed)
-    example = Transition(
-        jnp.asarray(observation),
-        jnp.array(0, jnp.int32),
-        jnp.zeros((), jnp.asarray(observation).dtype),
-        jnp.asarray(observation),
-        jnp.array(False),
-    )
-    buffer = buffer_init(tc.capacity, example)
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=tc.steps, unit="step", desc=f"{agent_config.agent} (host, seed {seed})")
-    returns, window, log = [], [], {}
-    episode = 0
-    with errors_off():
-        for t in range(tc.steps):
-            key, act_key, update_key = jr.split(key, 3)
-            explore = jnp.asarray(1.0 if t < tc.random_steps else tc.epsilon)
-            action = int(
-                _host_act(
-                    agent, jnp.asarray(observation), act_key, explore, env.num_actions, agent_config
-                )
-            )
-            step = env.step(action)
-            buffer = _host_add(
-                buffer,
-                Transition(
-                    jnp.asarray(observation),
-                    jnp.array(action, jnp.int32),
-                    jnp.asarray(step.reward),
-                    jnp.asarray(step.next_observation),
-                    jnp.asarray(step.terminated),
-                ),
-            )
-            observation = step.observation
-            if t >= tc.learning_starts:
-                agent, metrics = _host_update(
-                    agent, buffer, update_key, tc.batch_size, agent_config
-                )
-                window.append(metrics)
-            if (t + 1) % tc.eval_every == 0:
-                total = 0.0
-                for _ in range(tc.eval_episodes):
-                    episode += 1
-                    obs, done, steps = eval_env.reset(seed=seed * 1_000_003 + episode), False, 0
-                    while not done and steps < env.max_episode_steps:
-                        result = eval_env.step(int(_host_greedy(agent, jnp.asarray(obs))))
-                        total += float(result.reward)
-                        done = bool(result.terminated or result.truncated)
-                        obs, steps = result.next_observation, steps + 1
-                returns.append(total / tc.eval_episodes)
-                if eval_env is env:  # evaluation used the training instance: start afresh
-                    observation = env.reset(seed=seed * 1_000_003 + episode + 1)
-                names = window[0].keys() if window else []
-                for name in names:
-                    values = np.array([float(m[name]) for m in window])
-                    log.setdefault(name, []).append(
-                        values.max() if name == "inner_result" else values.mean()
-                    )
-                window = []
-                if bar is not None:
-                    bar.set_postfix(eval_return=f"{returns[-1]:.1f}")
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    eval_steps = tc.eval_every * (1 + np.arange(len(returns)))
-    n = len(returns)
-
-    def padded(fill):  # windows before the first update hold `fill`
-        return {
-            k: np.asarray([np.concatenate([np.full(n - len(v), fill), v])]) for k, v in log.items()
-        }
-
-    result = TrainResult(
-        seeds=np.array([seed]),
-        eval_steps=eval_steps,
-        eval_returns=np.asarray([returns]),
-        metrics=padded(np.nan),
-        final_state=RunState(agent, None, jnp.asarray(observation), buffer, key),
-    )
-    return result, padded(0.0)

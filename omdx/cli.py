@@ -1,7 +1,7 @@
 """The `omdx` console script.
 
 - `omdx demo`: the README's main job, OMD vs MLE on CartPole with a too-small model.
-- `omdx train`: one agent, many seeds (and `--sweep` values), one compiled run; writes
+- `omdx train`: one agent, many seeds (and `--sweep` values), one vmapped run; writes
     config, metrics, summary and curves.
 - `omdx compare`: OMD, MLE and VEP on the same settings, with a table of final return and
     area under the curve.
@@ -33,8 +33,8 @@ def _add_run_arguments(
     parser.add_argument(
         "--host",
         action="store_true",
-        help="step the environment in Python, one jitted update per step, one seed after "
-        "another (omdx.train_host); automatic for ids that are not JAX environments",
+        help="step the environment in Python, every seed in lockstep with one jitted update "
+        "of all per step (omdx.train_host); automatic for ids that are not JAX environments",
     )
     parser.add_argument(
         "--seeds", type=int, default=seeds, help="number of seeds (vmapped, split over devices)"
@@ -107,7 +107,7 @@ def _add_run_arguments(
         "--sweep",
         action="append",
         metavar="NAME=V1,V2,...",
-        help="train every seed at each value in the same compiled run (repeat for more names, "
+        help="train every seed at each value, all in one vmapped run (repeat for more names, "
         "one value per point each): q_lr, model_lr, gamma, temperature, target_update, "
         "inner_steps, epsilon",
     )
@@ -225,7 +225,8 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
     import jax
 
     from ._report import CsvAppender, plot_curves, run_summary, write_json
-    from ._train import _runs_of, _sweep_points, train, train_host, TrainingDiverged
+    from ._train import _runs_of, _sweep_points, train, TrainingDiverged
+    from ._train_host import train_host
 
     _use_cpu_devices(args.cpu_devices)
     if args.x64:
@@ -234,12 +235,6 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
     sweep = _parse_sweep(args.sweep)
     _sweep_points(sweep, agent_config, train_config)  # a bad sweep fails before any file
     env, host = _make_env(args)
-    if host and sweep:
-        raise ValueError(
-            f"`--sweep` trains its points in one compiled run, which needs a JAX environment "
-            f"({', '.join(_jax_env_ids())}); `--env {args.env}` runs in the host loop. Run one "
-            "value per call instead."
-        )
     out.mkdir(parents=True, exist_ok=True)
     write_json(
         out / "config.json",
@@ -273,25 +268,16 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
 
     start = time.perf_counter()
     try:
-        if host:
-            result = train_host(
-                env,
-                agent_config,
-                train_config,
-                seeds=args.seeds,
-                progress=not args.no_progress,
-                on_chunk=on_chunk,
-            )
-        else:
-            result = train(
-                env,
-                agent_config,
-                train_config,
-                seeds=args.seeds,
-                sweep=sweep,
-                progress=not args.no_progress,
-                on_chunk=on_chunk,
-            )
+        trainer = train_host if host else train
+        result = trainer(
+            env,
+            agent_config,
+            train_config,
+            seeds=args.seeds,
+            sweep=sweep,
+            progress=not args.no_progress,
+            on_chunk=on_chunk,
+        )
         diverged = None
     except TrainingDiverged as error:
         # Report the runs that stayed finite (up to the divergence) and name the others.

@@ -128,22 +128,31 @@ def test_bad_arguments_fail_before_training(tmp_path):
 
 
 def test_a_gymnasium_id_trains_in_the_host_loop(tmp_path, capsys):
-    # Acrobot-v1 is no JAX environment of omdx: it runs in the host loop, seed after seed.
+    # Acrobot-v1 is no JAX environment of omdx: it runs in the host loop, every seed and
+    # sweep point in lockstep.
     out = tmp_path / "acrobot"
     argv = ["train", "--env", "Acrobot-v1", "--agent", "mle", "--seeds", "2"]
-    argv += ["--model-hidden", "4", "--q-hidden", "8", *TINY.split(), "--no-progress"]
-    assert main(argv + ["--out", str(out)]) == 0
+    argv += ["--model-hidden", "4", "--q-hidden", "8", "--sweep", "epsilon=0.1,0.3"]
+    assert main(argv + [*TINY.split(), "--no-progress", "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["env"] == "Acrobot-v1" and config["host"] is True
     with (out / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert _seeds_and_steps(rows) == TINY_SEEDS_AND_STEPS
+    for epsilon in (0.1, 0.3):
+        point_rows = [r for r in rows if float(r["epsilon"]) == epsilon]
+        assert _seeds_and_steps(point_rows) == TINY_SEEDS_AND_STEPS
     # Acrobot pays -1 per step: an evaluation episode returns between -500 and 0.
     returns = [float(r["eval_return"]) for r in rows]
     assert all(-500 <= value <= 0 for value in returns), returns
     summary = json.loads((out / "summary.json").read_text())
-    last = {int(r["seed"]): float(r["eval_return"]) for r in rows if r["step"] == "400"}
-    assert summary["final_return_per_seed"] == [last[0], last[1]]
+    for point in summary["points"]:
+        epsilon = point["hyperparameters"]["epsilon"]
+        last = {
+            int(r["seed"]): float(r["eval_return"])
+            for r in rows
+            if r["step"] == "400" and float(r["epsilon"]) == epsilon
+        }
+        assert point["final_return_per_seed"] == [last[0], last[1]]
     assert "Acrobot-v1" in capsys.readouterr().out and (out / "curves.png").exists()
 
 
@@ -153,8 +162,6 @@ def test_bad_environments_fail_before_any_file(tmp_path):
         main(["train", "--env", "NoSuchEnv-v0", "--out", bad])
     with pytest.raises(ValueError, match="continuous actions"):
         main(["train", "--env", "Pendulum-v1", "--host", "--out", bad])
-    with pytest.raises(ValueError, match="`--sweep`.*host loop"):
-        main(["train", "--env", "Acrobot-v1", "--sweep", "q_lr=1e-3,1e-4", "--out", bad])
     assert not (tmp_path / "bad").exists()
 
 

@@ -5,10 +5,12 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
+from gymnasium.envs.classic_control import CartPoleEnv
 
 import omdx
 from omdx import AgentConfig, TrainConfig
 from omdx._train import _chunk_plan, _shard_count
+from omdx._train_host import _spawn
 
 
 TINY_AGENT = AgentConfig(q_hidden=16, model_hidden=16, vep_hidden=8)
@@ -211,45 +213,109 @@ def test_bad_configuration_raises_before_training(cartpole):
 
 
 def test_host_loop_trains_on_a_gymnasium_env():
-    run = TrainConfig(steps=300, random_steps=150, eval_every=150, eval_episodes=2, batch_size=32)
+    run = TrainConfig(
+        steps=300,
+        random_steps=150,
+        eval_every=150,
+        eval_episodes=2,
+        batch_size=32,
+        evals_per_chunk=1,
+    )
     streamed = []
     result = omdx.train_host(
         "CartPole-v1", TINY_AGENT, run, seeds=[1, 2], progress=False, on_chunk=streamed.append
     )
     assert result.eval_returns.shape == (2, 2)
     np.testing.assert_array_equal(result.seeds, [1, 2])
+    np.testing.assert_array_equal(result.eval_steps, [150, 300])
     assert np.all(result.eval_returns >= 1)
-    assert np.all(np.isfinite(result.metrics["model_loss"][:, -1]))
-    # One seed after another, each streamed as it finishes, and the states stacked.
-    assert [list(chunk["seeds"]) for chunk in streamed] == [[1], [2]]
-    for i, chunk in enumerate(streamed):
-        np.testing.assert_array_equal(chunk["eval_returns"][0], result.eval_returns[i])
-    assert result.final_state.agent.updates.shape == (2,)
-    # The seeds' runs differ, and the same seed gives the same run on its own (the second
-    # call reuses the compiled steps).
+    # The first window is all random steps: no update, no metric. Then 150 updates each.
+    assert np.isnan(result.metrics["model_loss"][:, 0]).all()
+    assert np.all(np.isfinite(result.metrics["model_loss"][:, 1]))
+    np.testing.assert_array_equal(result.final_state.agent.updates, [150, 150])
+    np.testing.assert_array_equal(result.final_state.buffer.size, [300, 300])
+    # The seeds run in lockstep; every evaluation is streamed with all of them.
+    assert [list(chunk["eval_steps"]) for chunk in streamed] == [[150], [300]]
+    assert all(list(chunk["seeds"]) == [1, 2] for chunk in streamed)
+    streamed_returns = np.concatenate([chunk["eval_returns"] for chunk in streamed], axis=1)
+    np.testing.assert_array_equal(streamed_returns, result.eval_returns)
+    # The seeds' runs differ; the same seeds give the same run; a seed alone gives its run
+    # with the others (to rounding: a batch of one is not computed as a batch of two is).
     assert not np.array_equal(result.metrics["model_loss"][0], result.metrics["model_loss"][1])
-    again = omdx.train_host("CartPole-v1", TINY_AGENT, run, seeds=[2], progress=False)
-    np.testing.assert_array_equal(again.eval_returns[0], result.eval_returns[1])
-    np.testing.assert_array_equal(again.metrics["model_loss"][0], result.metrics["model_loss"][1])
+    again = omdx.train_host("CartPole-v1", TINY_AGENT, run, seeds=[1, 2], progress=False)
+    np.testing.assert_array_equal(again.eval_returns, result.eval_returns)
+    np.testing.assert_array_equal(again.metrics["model_loss"], result.metrics["model_loss"])
+    alone = omdx.train_host("CartPole-v1", TINY_AGENT, run, seeds=[2], progress=False)
+    np.testing.assert_allclose(alone.eval_returns[0], result.eval_returns[1], rtol=1e-5)
+    for name, values in alone.metrics.items():
+        np.testing.assert_allclose(
+            values[0], result.metrics[name][1], rtol=1e-4, atol=1e-6, err_msg=name
+        )
     with pytest.raises(TypeError, match="`env`"):
         omdx.train_host(42, TINY_AGENT, run, progress=False)
     with pytest.raises(ValueError, match="`seeds`"):
         omdx.train_host("CartPole-v1", TINY_AGENT, run, seeds=0, progress=False)
+    with pytest.raises(ValueError, match="cannot vary 'q_hidden'"):
+        omdx.train_host("CartPole-v1", TINY_AGENT, run, sweep={"q_hidden": [8]}, progress=False)
 
 
-def test_the_host_loop_reports_a_divergence_after_every_seed():
-    # As in `test_a_diverging_run_loses_no_other_run`: SGD at 10^6 blows the Q-network up.
-    config = dataclasses.replace(TINY_AGENT, inner_optimiser="sgd", q_lr=1e6)
+def test_host_loop_sweep_names_the_diverged_point_and_keeps_the_other():
+    # SGD at 10^6 blows the Q-network up (as in `test_a_diverging_run_loses_no_other_run`);
+    # at 10^-2 it trains. The diverged point is named; the other is the run it is alone.
+    config = dataclasses.replace(TINY_AGENT, inner_optimiser="sgd")
     run = TrainConfig(steps=200, random_steps=100, eval_every=100, eval_episodes=1, batch_size=32)
     streamed = []
-    with pytest.raises(omdx.TrainingDiverged, match=r"seeds \[4, 5\]") as caught:
+    with pytest.raises(
+        omdx.TrainingDiverged, match=r"seeds \[4, 5\] at \['q_lr=1e\+06'\]"
+    ) as caught:
         omdx.train_host(
-            "CartPole-v1", config, run, seeds=[4, 5], progress=False, on_chunk=streamed.append
+            "CartPole-v1",
+            config,
+            run,
+            seeds=[4, 5],
+            sweep={"q_lr": [1e-2, 1e6]},
+            progress=False,
+            on_chunk=streamed.append,
         )
     error = caught.value
-    # Both seeds ran to the end, were streamed, and are in the error's result.
-    assert [list(chunk["seeds"]) for chunk in streamed] == [[4], [5]]
-    np.testing.assert_array_equal(error.result.seeds, [4, 5])
-    np.testing.assert_array_equal(error.diverged, [True, True])
-    assert error.result.eval_returns.shape == (2, 2)
-    assert not np.isfinite(error.result.metrics["q_real_loss"][:, -1]).any()
+    finite, diverged = error.result
+    np.testing.assert_array_equal(error.diverged[0], [False, False])
+    np.testing.assert_array_equal(error.diverged[1], [True, True])
+    assert not np.isfinite(diverged.metrics["q_real_loss"][:, -1]).any()
+    # The chunk that diverged was streamed first, every run of it.
+    np.testing.assert_array_equal(streamed[-1]["hyperparameters"]["q_lr"], [1e-2, 1e-2, 1e6, 1e6])
+    np.testing.assert_array_equal(finite.final_state.hyperparameters["q_lr"], [1e-2, 1e-2])
+    alone = omdx.train_host(
+        "CartPole-v1", dataclasses.replace(config, q_lr=1e-2), run, seeds=[4, 5], progress=False
+    )
+    np.testing.assert_allclose(alone.eval_returns, finite.eval_returns, rtol=1e-5)
+    np.testing.assert_allclose(
+        alone.metrics["q_real_loss"], finite.metrics["q_real_loss"], rtol=1e-4, atol=1e-6
+    )
+
+
+class _Uncopyable(CartPoleEnv):
+    def __deepcopy__(self, memo):
+        raise RuntimeError("holds a live handle")
+
+
+def test_host_loop_copies_the_environment_for_each_run():
+    run = TrainConfig(steps=100, random_steps=100, eval_every=100, eval_episodes=2, batch_size=32)
+    # Copies are made again from the spec, `gymnasium.make`'s keyword arguments included:
+    # with Sutton and Barto's reward (0 a step, -1 at the end) every return is -1 or 0.
+    env = omdx.envs.HostEnv("CartPole-v1", sutton_barto_reward=True, max_episode_steps=20)
+    result = omdx.train_host(env, TINY_AGENT, run, seeds=3, progress=False)
+    assert np.all((-1 <= result.eval_returns) & (result.eval_returns <= 0))
+    # An unregistered environment is deep-copied: each copy steps on its own.
+    env = omdx.envs.HostEnv(CartPoleEnv(), max_episode_steps=15)
+    copy = _spawn(env)
+    assert copy.env is not env.env and copy.max_episode_steps == 15
+    np.testing.assert_array_equal(env.reset(seed=1), copy.reset(seed=1))
+    for _ in range(3):
+        copy.step(0)
+    assert not np.array_equal(env.step(0).observation, copy.step(0).observation)
+    result = omdx.train_host(env, TINY_AGENT, run, seeds=2, progress=False)
+    assert np.all((1 <= result.eval_returns) & (result.eval_returns <= 15))
+    with pytest.raises(TypeError, match="Register it"):
+        env = omdx.envs.HostEnv(_Uncopyable(), max_episode_steps=15)
+        omdx.train_host(env, TINY_AGENT, run, seeds=2, progress=False)

@@ -1,0 +1,417 @@
+"""Training on any gymnasium environment: the environments step in Python, every run's
+agent steps in one jitted call.
+
+The runs (seeds, and sweep points) go in lockstep. Each environment step is one Python
+step of every run's environment and then one jitted call, `vmap`ped over runs, that adds
+each run's transition to its buffer, makes its update and picks its next action. Each
+evaluation runs every run's episodes side by side, one jitted call per step for all.
+"""
+
+import copy
+import functools as ft
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import equinox as eqx
+import gymnasium
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
+
+from ._buffer import buffer_add, buffer_init, buffer_sample, ReplayBuffer
+from ._errors import errors_off, TrainingDiverged
+from ._train import (
+    _as_seeds,
+    _check_inputs,
+    _divergence,
+    _INTEGER_SWEEPS,
+    _runs_of,
+    _sweep_label,
+    _sweep_points,
+    _swept_config,
+    RunState,
+    select_action,
+    TrainConfig,
+    TrainResult,
+)
+from ._transition import Transition
+from .agents._config import AgentConfig
+from .agents._state import AgentState, EnvSpec, init_agent
+from .agents._steps import agent_step
+from .envs._host import HostEnv
+
+
+class _Runs(eqx.Module):
+    """Every run's learning state, runs on the leading axis."""
+
+    agent: AgentState
+    buffer: ReplayBuffer
+    key: PRNGKeyArray
+    hyperparameters: dict[str, Array]
+
+
+class _Layout(eqx.Module):
+    """How to rebuild `_Runs` from the flat list of its arrays. The list is what the jitted
+    steps take and return: flattening the agent's PyTree on every call (as
+    `eqx.filter_jit` does) costs more than the update of a small network."""
+
+    treedef: Any = eqx.field(static=True)
+    static_treedef: Any = eqx.field(static=True)
+    static_leaves: tuple = eqx.field(static=True)
+
+
+def _flatten(runs: _Runs) -> tuple[list[Array], _Layout]:
+    arrays, static = eqx.partition(runs, eqx.is_array)
+    leaves, treedef = jax.tree.flatten(arrays)
+    static_leaves, static_treedef = jax.tree.flatten(static)
+    return leaves, _Layout(treedef, static_treedef, tuple(static_leaves))
+
+
+def _unflatten(layout: _Layout, leaves: list[Array]) -> _Runs:
+    static = jax.tree.unflatten(layout.static_treedef, list(layout.static_leaves))
+    return eqx.combine(jax.tree.unflatten(layout.treedef, leaves), static)
+
+
+def _accumulate(window: dict[str, Array], metrics: dict[str, Array]) -> dict[str, Array]:
+    """Running sums of the metrics over an evaluation window (the worst `inner_result`)."""
+    return {
+        name: jnp.maximum(window[name], value) if name == "inner_result" else window[name] + value
+        for name, value in metrics.items()
+    }
+
+
+@ft.partial(
+    jax.jit,
+    static_argnames=("layout", "add", "learn", "batch_size", "num_actions", "config"),
+    donate_argnums=(0, 1),
+)
+def _tick(
+    leaves: list[Array],
+    window: dict[str, Array],
+    transitions: Transition | None,
+    observations: Float[Array, "runs obs"],
+    random_phase: Bool[Array, ""],
+    epsilon: Float[Array, ""],
+    *,
+    layout: _Layout,
+    add: bool,
+    learn: bool,
+    batch_size: int,
+    num_actions: int,
+    config: AgentConfig,
+):
+    """Every run's work between two environment steps: add its transition, make its
+    update, pick its next action. The leaves and the window are donated, so each buffer
+    is written in place rather than copied on every step."""
+
+    def one_run(runs: _Runs, window, transition, observation):
+        run_config = _swept_config(config, runs.hyperparameters)
+        key, update_key, act_key = jr.split(runs.key, 3)
+        buffer = buffer_add(runs.buffer, transition) if add else runs.buffer
+        agent = runs.agent
+        if learn:
+            batch = buffer_sample(buffer, update_key, batch_size)
+            agent, metrics = agent_step(agent, batch, run_config)
+            window = _accumulate(window, metrics)
+        explore = jnp.where(random_phase, 1.0, runs.hyperparameters.get("epsilon", epsilon))
+        action = select_action(
+            agent, observation, act_key, num_actions, explore_probability=explore, config=run_config
+        )
+        return _Runs(agent, buffer, key, runs.hyperparameters), window, action
+
+    runs = _unflatten(layout, leaves)
+    runs, window, actions = eqx.filter_vmap(one_run)(runs, window, transitions, observations)
+    return _flatten(runs)[0], window, actions
+
+
+@ft.partial(jax.jit, static_argnames="layout")
+def _greedy(leaves: list[Array], observations: Float[Array, "runs episodes obs"], *, layout):
+    """Each run's greedy actions (of min(Q1, Q2)) for its episodes' observations."""
+
+    def one_run(agent, observations):
+        q = jax.vmap(agent.q)(observations)  # [episodes, 2, actions]
+        return jnp.argmax(jnp.min(q, axis=1), axis=-1)
+
+    return eqx.filter_vmap(one_run)(_unflatten(layout, leaves).agent, observations)
+
+
+def _spawn(env: HostEnv) -> HostEnv:
+    """A fresh, independent copy of `env`: made again from its gymnasium spec (which keeps
+    `gymnasium.make`'s keyword arguments), or deep-copied when it has none."""
+    spec = getattr(env.env, "spec", None)
+    if spec is not None:
+        inner = gymnasium.make(spec)
+    else:
+        try:
+            inner = copy.deepcopy(env.env)
+        except Exception as error:
+            raise TypeError(
+                "`train_host` steps a copy of the environment for each seed and each "
+                "evaluation episode; this one has no gymnasium spec to make it again and "
+                f"cannot be deep-copied ({error}). Register it with `gymnasium.register`."
+            ) from error
+    return HostEnv(
+        inner, distractors=env.distractors, max_episode_steps=env.max_episode_steps, dtype=env.dtype
+    )
+
+
+def _evaluate(
+    eval_envs: list[list[HostEnv]],
+    leaves: list[Array],
+    layout: _Layout,
+    reset_seeds: np.ndarray,
+    max_steps: int,
+) -> np.ndarray:
+    """Every run's mean greedy return over its episodes, run side by side: `eval_envs`
+    `[runs][episodes]`, each reset with its seed of `reset_seeds` `[runs, episodes]`."""
+    observations = np.stack(
+        [
+            [env.reset(seed=int(seed)) for env, seed in zip(envs, seeds)]
+            for envs, seeds in zip(eval_envs, reset_seeds)
+        ]
+    )
+    totals = np.zeros(reset_seeds.shape)
+    done = np.zeros(reset_seeds.shape, bool)
+    for _ in range(max_steps):
+        actions = np.asarray(_greedy(leaves, observations, layout=layout))
+        for i, j in zip(*np.nonzero(~done)):
+            step = eval_envs[i][j].step(int(actions[i, j]))
+            totals[i, j] += float(step.reward)
+            done[i, j] = bool(step.terminated or step.truncated)
+            observations[i, j] = step.next_observation
+        if done.all():
+            break
+    return totals.mean(axis=1)
+
+
+@eqx.filter_jit
+def _init_runs(
+    run_seeds: Array,
+    hyperparameters: dict[str, Array],
+    spec: EnvSpec,
+    example: Transition,
+    agent_config: AgentConfig,
+    capacity: int,
+) -> _Runs:
+    def one_run(seed, hyperparameters):
+        agent_key, key = jr.split(jr.PRNGKey(seed))
+        agent = init_agent(agent_key, spec, agent_config)
+        return _Runs(agent, buffer_init(capacity, example), key, hyperparameters)
+
+    return eqx.filter_vmap(one_run)(run_seeds, hyperparameters)
+
+
+def train_host(
+    env: HostEnv | str,
+    agent_config: AgentConfig = AgentConfig(),
+    train_config: TrainConfig = TrainConfig(),
+    *,
+    seeds: int | Sequence[int] = 1,
+    sweep: dict[str, Sequence[float]] | None = None,
+    progress: bool = True,
+    on_chunk: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult | list[TrainResult]:
+    """Train an agent on any `gymnasium.Env`, stepped in Python; acting and updates jitted.
+
+    The same agent steps as [`omdx.train`][], for environments that are not written in JAX
+    (MuJoCo through the `mujoco` package, Atari, your own). The seeds (and sweep points)
+    run in lockstep, each with its own copy of the environment: every environment step
+    is one Python step of each copy, then one jitted call that makes every run's update
+    and picks its next action. Evaluations run all their episodes side by side.
+
+    **Arguments:**
+
+    - `env`: an [`omdx.envs.HostEnv`][] or a gymnasium id (discrete actions). The other
+        copies are made again from its gymnasium spec (or deep-copied when it has none).
+    - `agent_config`, `train_config`: as for [`omdx.train`][].
+    - `seeds`: a number of seeds (`0..n-1`) or a list of seeds. A seed seeds the agent,
+        the environment's resets and the evaluation episodes; the same seed gives the
+        same run, alone or with other seeds.
+    - `sweep`: several values of hyperparameters that set no shape, as for
+        [`omdx.train`][]: every point runs every seed, in the same lockstep.
+    - `progress`: show a progress bar over environment steps.
+    - `on_chunk`: called after every `evals_per_chunk` evaluations with the dict that
+        [`omdx.train`][] passes after a chunk, for streaming to disk.
+
+    **Returns:**
+
+    An [`omdx.TrainResult`][] (with a `sweep`, one per point), runs on the leading axis
+    (`final_state` too); `final_state.env_state` is `None`. The metrics of evaluation
+    windows with no update (the random steps) are NaN.
+
+    **Raises:**
+
+    [`omdx.TrainingDiverged`][] as soon as a chunk produces a non-finite return or loss,
+    after `on_chunk` has received it, as for [`omdx.train`][].
+    """
+    if isinstance(env, str):
+        env = HostEnv(env)
+    if not isinstance(env, HostEnv):
+        raise TypeError(f"`env` must be an `omdx.envs.HostEnv` or an id, got {type(env)}.")
+    _check_inputs(env, agent_config, train_config)
+    tc = train_config
+    seed_array = _as_seeds(seeds)
+    points = _sweep_points(sweep, agent_config, train_config)
+    n_points = len(next(iter(points.values()))) if points else 1
+    run_seeds = np.tile(seed_array, n_points)
+    run_values = {name: np.repeat(values, len(seed_array)) for name, values in points.items()}
+    run_labels = [
+        _sweep_label({name: values[i] for name, values in run_values.items()})
+        for i in range(len(run_seeds))
+    ]
+    n_runs = len(run_seeds)
+    # Every copy is made before any work, so that one that cannot be made fails first.
+    envs = [env] + [_spawn(env) for _ in range(n_runs - 1)]
+    eval_envs = [[_spawn(env) for _ in range(tc.eval_episodes)] for _ in range(n_runs)]
+
+    observations = np.stack([e.reset(seed=int(s)) for e, s in zip(envs, run_seeds)])
+    dtype = observations.dtype
+    example = Transition(
+        jnp.asarray(observations[0]),
+        jnp.array(0, jnp.int32),
+        jnp.zeros((), dtype),
+        jnp.asarray(observations[0]),
+        jnp.array(False),
+    )
+    hyperparameters = {
+        k: jnp.asarray(v, jnp.int32 if k in _INTEGER_SWEEPS else dtype)
+        for k, v in run_values.items()
+    }
+    spec = EnvSpec(env.observation_size, env.num_actions)
+    with errors_off():
+        runs = _init_runs(
+            jnp.asarray(run_seeds), hyperparameters, spec, example, agent_config, tc.capacity
+        )
+    leaves, layout = _flatten(runs)
+    del runs  # its arrays are donated to the first step
+
+    one_batch = jax.tree.map(lambda x: jnp.zeros((tc.batch_size, *x.shape), x.dtype), example)
+
+    def first_run_metrics(leaves):
+        agent = _unflatten(layout, leaves).agent
+        agent = jax.tree.map(lambda x: x[0] if eqx.is_array(x) else x, agent)
+        return agent_step(agent, one_batch, agent_config)[1]
+
+    with errors_off():  # tracing outside would cache Equinox's checks for the steps below
+        metric_shapes = eqx.filter_eval_shape(first_run_metrics, leaves)
+
+    def empty_window():
+        return {k: jnp.zeros((n_runs,), s.dtype) for k, s in metric_shapes.items()}
+
+    tick = ft.partial(
+        _tick,
+        layout=layout,
+        batch_size=tc.batch_size,
+        num_actions=env.num_actions,
+        config=agent_config,
+    )
+    epsilon = jnp.asarray(tc.epsilon, dtype)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=tc.steps, unit="step", desc=f"{agent_config.agent} (host) x{n_runs}")
+    evals_done, window, window_updates = 0, empty_window(), 0
+    eval_steps, returns, metric_log, updated, chunk_start = [], [], {}, [], 0
+    message, diverged = None, None
+    with errors_off():
+        leaves, window, actions = tick(
+            leaves,
+            window,
+            None,
+            observations,
+            np.bool_(tc.random_steps > 0),
+            epsilon,
+            add=False,
+            learn=False,
+        )
+        for t in range(tc.steps):
+            actions = np.asarray(actions)
+            steps = [e.step(int(a)) for e, a in zip(envs, actions)]
+            transitions = Transition(
+                observations,
+                actions.astype(np.int32),
+                np.stack([s.reward for s in steps]),
+                np.stack([s.next_observation for s in steps]),
+                np.stack([s.terminated for s in steps]),
+            )
+            observations = np.stack([s.observation for s in steps])
+            learn = t >= tc.learning_starts
+            # The action picked now is for step t + 1.
+            leaves, window, actions = tick(
+                leaves,
+                window,
+                transitions,
+                observations,
+                np.bool_(t + 1 < tc.random_steps),
+                epsilon,
+                add=True,
+                learn=learn,
+            )
+            window_updates += learn
+            if bar is not None:
+                bar.update(1)
+            if (t + 1) % tc.eval_every:
+                continue
+            sums = {k: np.asarray(v) for k, v in window.items()}
+            for name, values in sums.items():
+                if window_updates == 0:
+                    values = np.full(n_runs, np.nan)
+                elif name != "inner_result":
+                    values = values / window_updates
+                metric_log.setdefault(name, []).append(values)
+            updated.append(window_updates > 0)
+            window, window_updates = empty_window(), 0
+            episodes = evals_done * tc.eval_episodes + 1 + np.arange(tc.eval_episodes)
+            reset_seeds = run_seeds[:, None].astype(np.int64) * 1_000_003 + episodes
+            returns.append(_evaluate(eval_envs, leaves, layout, reset_seeds, env.max_episode_steps))
+            eval_steps.append(t + 1)
+            evals_done += 1
+            if bar is not None:
+                bar.set_postfix(eval_return=f"{float(np.mean(returns[-1])):.1f}")
+            if evals_done % tc.evals_per_chunk and t + 1 < tc.steps:
+                continue
+            chunk = slice(chunk_start, evals_done)
+            chunk_start = evals_done
+            chunk_returns = np.stack(returns[chunk], axis=1)
+            chunk_metrics = {k: np.stack(v[chunk], axis=1) for k, v in metric_log.items()}
+            if on_chunk is not None:
+                on_chunk(
+                    {
+                        "eval_steps": np.asarray(eval_steps[chunk]),
+                        "eval_returns": chunk_returns,
+                        "metrics": chunk_metrics,
+                        "seeds": run_seeds,
+                        "hyperparameters": run_values,
+                    }
+                )
+            # Windows with no update hold NaN metrics by design, not by divergence.
+            no_update = ~np.asarray(updated[chunk])
+            checked = {k: np.where(no_update, 0.0, v) for k, v in chunk_metrics.items()}
+            message, diverged = _divergence(
+                chunk_returns, checked, run_seeds, np.asarray(eval_steps[chunk]), run_labels
+            )
+            if message is not None:
+                break
+    if bar is not None:
+        bar.close()
+    runs = _unflatten(layout, leaves)
+    result = TrainResult(
+        seeds=run_seeds,
+        eval_steps=np.asarray(eval_steps),
+        eval_returns=np.stack(returns, axis=1),
+        metrics={k: np.stack(v, axis=1) for k, v in metric_log.items()},
+        final_state=RunState(
+            runs.agent, None, jnp.asarray(observations), runs.buffer, runs.key, runs.hyperparameters
+        ),
+    )
+    n = len(seed_array)
+    by_point = [slice(i * n, (i + 1) * n) for i in range(n_points)]
+    results = [_runs_of(result, p) for p in by_point] if points else result
+    if message is not None:
+        masks = [diverged[p] for p in by_point] if points else diverged
+        raise TrainingDiverged(message, results, masks)
+    return results
