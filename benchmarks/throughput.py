@@ -345,9 +345,8 @@ def main():
         "and the 'one vmapped batch' rows vmap every seed at once; the host loop is "
         f"`omdx.train_host`, timed over {host_steps} learning steps after 1000 random ones "
         "(the difference of two runs). The authors' code runs OMD at about 90 steps/s on "
-        "the 2-core machines of this project (MLE about 58, OMD-CG about 20), measured on "
-        "an earlier CPU than this one; the same program runs up to four times faster on "
-        "some of these machines than on others, so compare rows of one table only.\n\n"
+        "the 2-core machines of this project (MLE about 58, OMD-CG about 20), on a CPU not "
+        "recorded; the CPUs of this machine kind differ by up to 4x on these updates.\n\n"
     )
     text = (
         header

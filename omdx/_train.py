@@ -127,7 +127,9 @@ TrainConfig.__init__.__doc__ = """**Arguments:**
 - `buffer_size`: replay capacity; defaults to `steps` (at most 10^6).
 - `epsilon`: probability of a uniformly random action after the warm-up; otherwise
     actions are sampled from $\\mathrm{softmax}(\\min(Q_1, Q_2)/\\alpha)$.
-- `evals_per_chunk`: evaluations per compiled call (between progress updates).
+- `evals_per_chunk`: evaluations per compiled call of [`omdx.train`][] (between progress
+    updates), and per `on_chunk` call and divergence check of both `train` and
+    [`omdx.train_host`][].
 - `seed_group`: how many seeds run `vmap`ped together on each device; groups run one
     after another within the same compiled call (`jax.lax.map` with `batch_size`).
     `None` (default): every seed at once on an accelerator, groups of 4 on CPU, where the
