@@ -494,6 +494,57 @@ def _check_inputs(env, agent_config, train_config) -> None:
         raise TypeError(f"`train_config` must be a `TrainConfig`, got {type(train_config)}.")
 
 
+class _RunPlan(eqx.Module):
+    """The runs of a `train` or `train_host` call: the seeds of each sweep point in turn
+    (just the seeds without a sweep), with each run's swept values."""
+
+    seeds: np.ndarray
+    points: dict[str, np.ndarray]
+    run_seeds: np.ndarray
+    run_values: dict[str, np.ndarray]
+    run_labels: list[str]
+
+    @classmethod
+    def of(cls, seeds, sweep, agent_config, train_config) -> "_RunPlan":
+        seed_array = _as_seeds(seeds)
+        points = _sweep_points(sweep, agent_config, train_config)
+        n_points = len(next(iter(points.values()))) if points else 1
+        run_values = {name: np.repeat(values, len(seed_array)) for name, values in points.items()}
+        run_seeds = np.tile(seed_array, n_points)
+        run_labels = [
+            _sweep_label({name: values[i] for name, values in run_values.items()})
+            for i in range(len(run_seeds))
+        ]
+        return cls(seed_array, points, run_seeds, run_values, run_labels)
+
+    def hyperparameters(self, float_dtype) -> dict[str, Array]:
+        """Each run's swept values as arrays (`inner_steps` as integers)."""
+        return {
+            name: jnp.asarray(values, jnp.int32 if name in _INTEGER_SWEEPS else float_dtype)
+            for name, values in self.run_values.items()
+        }
+
+    def finish(self, result: TrainResult, checked_metrics: dict[str, np.ndarray] | None = None):
+        """`result` (every run) as the call returns it, one per sweep point with a sweep.
+        Raises `TrainingDiverged` with it if a run's return or loss (in `checked_metrics`,
+        default `result.metrics`) is non-finite."""
+        message, diverged = _divergence(
+            result.eval_returns,
+            result.metrics if checked_metrics is None else checked_metrics,
+            self.run_seeds,
+            result.eval_steps,
+            self.run_labels,
+        )
+        n = len(self.seeds)
+        n_points = len(self.run_seeds) // n
+        by_point = [slice(i * n, (i + 1) * n) for i in range(n_points)]
+        results = [_runs_of(result, p) for p in by_point] if self.points else result
+        if message is not None:
+            masks = [diverged[p] for p in by_point] if self.points else diverged
+            raise TrainingDiverged(message, results, masks)
+        return results
+
+
 def train(
     env: AbstractEnv | str,
     agent_config: AgentConfig = AgentConfig(),
@@ -504,6 +555,7 @@ def train(
     progress: bool = True,
     on_chunk: Callable[[dict[str, Any]], None] | None = None,
     devices: Sequence[jax.Device] | None = None,
+    stop_on_divergence: bool = True,
 ) -> TrainResult | list[TrainResult]:
     """Train an OMD, MLE or VEP agent on a JAX environment, all seeds in one compiled run.
 
@@ -539,6 +591,9 @@ def train(
         JAX shows one device unless asked for more before its first computation:
         `jax.config.update("jax_num_cpu_devices", 2)` gives two devices that run in
         parallel on two cores (`omdx train --cpu-devices`).
+    - `stop_on_divergence`: stop every run at the end of the chunk in which one produces
+        a non-finite return or loss (default), or train the others to the end (each run
+        is computed on its own, so a diverged one does not touch the rest).
 
     **Returns:**
 
@@ -546,9 +601,10 @@ def train(
 
     **Raises:**
 
-    [`omdx.TrainingDiverged`][] (a `FloatingPointError`) as soon as a chunk produces a
-    non-finite return or loss, after `on_chunk` has received it: it names the seeds (and
-    sweep values) and the step, and holds every run's result up to there.
+    [`omdx.TrainingDiverged`][] (a `FloatingPointError`) if a run produced a non-finite
+    return or loss: after the chunk where it did (and after `on_chunk` has received it), or
+    with `stop_on_divergence=False` at the end. It names the seeds (and sweep values) and
+    the first step, and holds every run's result up to its last evaluation.
     """
     if isinstance(env, str):
         env = make(env)
@@ -558,16 +614,8 @@ def train(
             f"{type(env).__name__}."
         )
     _check_inputs(env, agent_config, train_config)
-    seed_array = _as_seeds(seeds)
-    points = _sweep_points(sweep, agent_config, train_config)
-    n_points = len(next(iter(points.values()))) if points else 1
-    # Runs are the seeds of each sweep point in turn.
-    run_seeds = np.tile(seed_array, n_points)
-    run_values = {name: np.repeat(values, len(seed_array)) for name, values in points.items()}
-    run_labels = [
-        _sweep_label({name: values[i] for name, values in run_values.items()})
-        for i in range(len(run_seeds))
-    ]
+    plan = _RunPlan.of(seeds, sweep, agent_config, train_config)
+    run_seeds, run_values = plan.run_seeds, plan.run_values
     if devices is not None:
         devices = list(devices)
         if not devices or not all(isinstance(d, jax.Device) for d in devices):
@@ -578,13 +626,8 @@ def train(
     keys = jax.vmap(jr.PRNGKey)(jnp.asarray(run_seeds))
     runs = _init_runs(runner, keys)
     if run_values:
-        float_dtype = jnp.result_type(float)
         runs = dataclasses.replace(
-            runs,
-            hyperparameters={
-                k: jnp.asarray(v, jnp.int32 if k in _INTEGER_SWEEPS else float_dtype)
-                for k, v in run_values.items()
-            },
+            runs, hyperparameters=plan.hyperparameters(jnp.result_type(float))
         )
     runs, shards = _place_seeds(runs, devices)
 
@@ -597,7 +640,7 @@ def train(
         bar = tqdm(
             total=train_config.steps, unit="step", desc=f"{agent_config.agent} x{len(run_seeds)}"
         )
-    start, message, diverged = 0, None, None
+    start = 0
     for iterations in _chunk_plan(total_evals, train_config.evals_per_chunk):
         with errors_off():
             runs, (chunk_returns, chunk_metrics) = _run_chunk(
@@ -624,8 +667,7 @@ def train(
         if bar is not None:
             bar.update(iterations * train_config.eval_every)
             bar.set_postfix(eval_return=f"{float(np.mean(chunk_returns[:, -1])):.1f}")
-        message, diverged = _divergence(chunk_returns, chunk_metrics, run_seeds, steps, run_labels)
-        if message is not None:
+        if stop_on_divergence and _divergence(chunk_returns, chunk_metrics, run_seeds, steps)[0]:
             break
     if bar is not None:
         bar.close()
@@ -636,13 +678,7 @@ def train(
         metrics={k: np.concatenate(v, axis=1) for k, v in metric_log.items()},
         final_state=runs,
     )
-    n = len(seed_array)
-    by_point = [slice(i * n, (i + 1) * n) for i in range(n_points)]
-    results = [_runs_of(result, p) for p in by_point] if points else result
-    if message is not None:
-        masks = [diverged[p] for p in by_point] if points else diverged
-        raise TrainingDiverged(message, results, masks)
-    return results
+    return plan.finish(result)
 
 
 def _runs_of(result: TrainResult, runs: slice | np.ndarray) -> TrainResult:
@@ -683,7 +719,7 @@ def _divergence(returns, metrics, seeds, steps, labels=None) -> tuple[str | None
     message = (
         f"Training produced a non-finite `{first[0]}` for {where} by step {first[1]}. "
         "Lower the learning rates, or for the Neumann adjoint lower `adjoint_scale` below "
-        "1/(largest Hessian eigenvalue). The error's `result` holds every run up to there "
-        "and `diverged` marks these."
+        "1/(largest Hessian eigenvalue). The error's `result` holds every run up to the last "
+        "evaluation made, and `diverged` marks these."
     )
     return message, diverged

@@ -21,15 +21,11 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from ._buffer import buffer_add, buffer_init, buffer_sample, ReplayBuffer
-from ._errors import errors_off, TrainingDiverged
+from ._errors import errors_off
 from ._train import (
-    _as_seeds,
     _check_inputs,
     _divergence,
-    _INTEGER_SWEEPS,
-    _runs_of,
-    _sweep_label,
-    _sweep_points,
+    _RunPlan,
     _swept_config,
     RunState,
     select_action,
@@ -186,6 +182,13 @@ def _evaluate(
     return totals.mean(axis=1)
 
 
+def _updated_metrics(metrics: dict[str, np.ndarray], updated: list[bool]):
+    """The metrics to check for divergence: the windows with no update hold NaN by
+    design (zeros here), not by divergence."""
+    no_update = ~np.asarray(updated, bool)
+    return {name: np.where(no_update, 0.0, values) for name, values in metrics.items()}
+
+
 @eqx.filter_jit
 def _init_runs(
     run_seeds: Array,
@@ -212,6 +215,7 @@ def train_host(
     sweep: dict[str, Sequence[float]] | None = None,
     progress: bool = True,
     on_chunk: Callable[[dict[str, Any]], None] | None = None,
+    stop_on_divergence: bool = True,
 ) -> TrainResult | list[TrainResult]:
     """Train an agent on any `gymnasium.Env`, stepped in Python; acting and updates jitted.
 
@@ -228,12 +232,13 @@ def train_host(
     - `agent_config`, `train_config`: as for [`omdx.train`][].
     - `seeds`: a number of seeds (`0..n-1`) or a list of seeds. A seed seeds the agent,
         the environment's resets and the evaluation episodes; the same seed gives the
-        same run, alone or with other seeds.
+        same run, alone or with other seeds (to rounding).
     - `sweep`: several values of hyperparameters that set no shape, as for
         [`omdx.train`][]: every point runs every seed, in the same lockstep.
     - `progress`: show a progress bar over environment steps.
     - `on_chunk`: called after every `evals_per_chunk` evaluations with the dict that
         [`omdx.train`][] passes after a chunk, for streaming to disk.
+    - `stop_on_divergence`: as for [`omdx.train`][].
 
     **Returns:**
 
@@ -243,8 +248,8 @@ def train_host(
 
     **Raises:**
 
-    [`omdx.TrainingDiverged`][] as soon as a chunk produces a non-finite return or loss,
-    after `on_chunk` has received it, as for [`omdx.train`][].
+    [`omdx.TrainingDiverged`][] if a run produced a non-finite return or loss, as for
+    [`omdx.train`][].
     """
     if isinstance(env, str):
         env = HostEnv(env)
@@ -252,15 +257,8 @@ def train_host(
         raise TypeError(f"`env` must be an `omdx.envs.HostEnv` or an id, got {type(env)}.")
     _check_inputs(env, agent_config, train_config)
     tc = train_config
-    seed_array = _as_seeds(seeds)
-    points = _sweep_points(sweep, agent_config, train_config)
-    n_points = len(next(iter(points.values()))) if points else 1
-    run_seeds = np.tile(seed_array, n_points)
-    run_values = {name: np.repeat(values, len(seed_array)) for name, values in points.items()}
-    run_labels = [
-        _sweep_label({name: values[i] for name, values in run_values.items()})
-        for i in range(len(run_seeds))
-    ]
+    plan = _RunPlan.of(seeds, sweep, agent_config, train_config)
+    run_seeds, run_values = plan.run_seeds, plan.run_values
     n_runs = len(run_seeds)
     # Every copy is made before any work, so that one that cannot be made fails first.
     envs = [env] + [_spawn(env) for _ in range(n_runs - 1)]
@@ -275,10 +273,7 @@ def train_host(
         jnp.asarray(observations[0]),
         jnp.array(False),
     )
-    hyperparameters = {
-        k: jnp.asarray(v, jnp.int32 if k in _INTEGER_SWEEPS else dtype)
-        for k, v in run_values.items()
-    }
+    hyperparameters = plan.hyperparameters(dtype)
     spec = EnvSpec(env.observation_size, env.num_actions)
     with errors_off():
         runs = _init_runs(
@@ -316,7 +311,6 @@ def train_host(
         bar = tqdm(total=tc.steps, unit="step", desc=f"{agent_config.agent} (host) x{n_runs}")
     evals_done, window, window_updates = 0, empty_window(), 0
     eval_steps, returns, metric_log, updated, chunk_start = [], [], {}, [], 0
-    message, diverged = None, None
     with errors_off():
         leaves, window, actions = tick(
             leaves,
@@ -388,14 +382,11 @@ def train_host(
                         "hyperparameters": run_values,
                     }
                 )
-            # Windows with no update hold NaN metrics by design, not by divergence.
-            no_update = ~np.asarray(updated[chunk])
-            checked = {k: np.where(no_update, 0.0, v) for k, v in chunk_metrics.items()}
-            message, diverged = _divergence(
-                chunk_returns, checked, run_seeds, np.asarray(eval_steps[chunk]), run_labels
-            )
-            if message is not None:
-                break
+            if stop_on_divergence:
+                checked = _updated_metrics(chunk_metrics, updated[chunk])
+                chunk_steps = np.asarray(eval_steps[chunk])
+                if _divergence(chunk_returns, checked, run_seeds, chunk_steps)[0]:
+                    break
     if bar is not None:
         bar.close()
     runs = _unflatten(layout, leaves)
@@ -408,10 +399,4 @@ def train_host(
             runs.agent, None, jnp.asarray(observations), runs.buffer, runs.key, runs.hyperparameters
         ),
     )
-    n = len(seed_array)
-    by_point = [slice(i * n, (i + 1) * n) for i in range(n_points)]
-    results = [_runs_of(result, p) for p in by_point] if points else result
-    if message is not None:
-        masks = [diverged[p] for p in by_point] if points else diverged
-        raise TrainingDiverged(message, results, masks)
-    return results
+    return plan.finish(result, _updated_metrics(result.metrics, updated))

@@ -171,6 +171,25 @@ def test_a_diverging_run_loses_no_other_run(cartpole):
         assert np.all(np.isfinite(finite.metrics[name][:, 1])), name
     assert not np.all(np.isfinite(blown.metrics["q_model_loss"][:, 1]))
     assert finite.final_state.hyperparameters["q_lr"].tolist() == [3e-4]
+    # With `stop_on_divergence=False` the finite run goes on to the end (a step budget of
+    # 600: the divergence, by step 400, is in the second of three chunks).
+    longer = dataclasses.replace(TINY_RUN, steps=600)
+    with pytest.raises(omdx.TrainingDiverged, match=r"seeds \[3\] at \['q_lr=1e\+06'\]") as caught:
+        omdx.train(
+            cartpole,
+            config,
+            longer,
+            seeds=[3],
+            sweep={"q_lr": [3e-4, 1e6]},
+            progress=False,
+            stop_on_divergence=False,
+        )
+    assert [list(mask) for mask in caught.value.diverged] == [[False], [True]]
+    went_on, _ = caught.value.result
+    np.testing.assert_array_equal(went_on.eval_steps, [200, 400, 600])
+    assert np.all(np.isfinite(went_on.metrics["q_real_loss"][:, 1:]))
+    np.testing.assert_allclose(went_on.eval_returns[:, :2], finite.eval_returns, rtol=1e-5)
+    assert int(went_on.final_state.agent.updates[0]) == 400
 
 
 def test_shard_count_divides_the_seeds():
@@ -292,6 +311,22 @@ def test_host_loop_sweep_names_the_diverged_point_and_keeps_the_other():
     np.testing.assert_allclose(
         alone.metrics["q_real_loss"], finite.metrics["q_real_loss"], rtol=1e-4, atol=1e-6
     )
+    # Without stopping, the finite point trains to the end of a longer budget.
+    longer = dataclasses.replace(run, steps=300, evals_per_chunk=1)
+    with pytest.raises(omdx.TrainingDiverged, match=r"seeds \[4, 5\]") as caught:
+        omdx.train_host(
+            "CartPole-v1",
+            config,
+            longer,
+            seeds=[4, 5],
+            sweep={"q_lr": [1e-2, 1e6]},
+            progress=False,
+            stop_on_divergence=False,
+        )
+    went_on, _ = caught.value.result
+    np.testing.assert_array_equal(went_on.eval_steps, [100, 200, 300])
+    assert np.all(np.isfinite(went_on.metrics["q_real_loss"][:, 1:]))
+    np.testing.assert_array_equal(went_on.final_state.agent.updates, [200, 200])
 
 
 class _Uncopyable(CartPoleEnv):
