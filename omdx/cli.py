@@ -111,6 +111,12 @@ def _add_run_arguments(
         "one value per point each): q_lr, model_lr, gamma, temperature, target_update, "
         "inner_steps, epsilon",
     )
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="when a seed diverges, train the others to the end (default: stop them all at "
+        "the end of that chunk)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--out", default=out, help="output directory")
 
@@ -277,6 +283,7 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
             sweep=sweep,
             progress=not args.no_progress,
             on_chunk=on_chunk,
+            stop_on_divergence=not args.keep_going,
         )
         diverged = None
     except TrainingDiverged as error:

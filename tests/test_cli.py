@@ -205,7 +205,10 @@ def test_a_diverged_seed_is_reported_apart(tmp_path, capsys, monkeypatch):
 
     # `train` as it ends when seed 1 diverges in the last chunk (no training: the CLI's
     # handling of the error is under test).
+    calls = []
+
     def diverging_train(env, agent_config, train_config, *, seeds, on_chunk, **kwargs):
+        calls.append(kwargs)
         steps, returns = np.array([200, 400]), np.array([[10.0, 20.0], [15.0, 9.0], [30.0, 40.0]])
         loss = np.array([[1.0, 1.0], [1.0, np.nan], [1.0, 1.0]])
         metrics = {"model_loss": loss, "model_error": np.ones((3, 2))}
@@ -226,7 +229,8 @@ def test_a_diverged_seed_is_reported_apart(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(omdx._train, "train", diverging_train)
     out = tmp_path / "run"
     argv = ["train", "--agent", "mle", "--seeds", "3", *TINY.split(), "--no-progress"]
-    assert main(argv + ["--out", str(out)]) == 1  # everything written, then a failure code
+    assert main(argv + ["--keep-going", "--out", str(out)]) == 1  # all written, then failure
+    assert calls[-1]["stop_on_divergence"] is False
     printed = capsys.readouterr()
     assert "warning: mle: seed 1 diverged" in printed.err
     summary = json.loads((out / "summary.json").read_text())
