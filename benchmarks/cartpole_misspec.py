@@ -44,6 +44,14 @@ def main():
     parser.add_argument("--agents", nargs="+", default=["omd", "mle", "vep"])
     parser.add_argument("--adjoint", default="identity")
     parser.add_argument("--inner-steps", type=int, default=1, help="K inner Q steps per update")
+    parser.add_argument(
+        "--likelihood-weight",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="beta: OMD and VEP train once per value, with beta times MLE's loss added to "
+        "their model loss (labelled e.g. omd-beta0.1; MLE has none and trains once)",
+    )
     parser.add_argument("--x64", action="store_true")
     parser.add_argument(
         "--cpu-devices",
@@ -70,6 +78,12 @@ def main():
     from omdx._report import markdown_table, plot_curves, run_summary, write_csv
 
     settings = [(h, 0) for h in args.hidden] + [(32, d) for d in args.distractors if d > 0]
+    arms = [  # (label, agent, likelihood weight)
+        (agent if weight == 0 else f"{agent}-beta{weight:g}", agent, weight)
+        for agent in args.agents
+        for weight in ([0.0] if agent == "mle" else args.likelihood_weight)
+    ]
+    labels = [label for label, _, _ in arms]
     train_config = omdx.TrainConfig(steps=args.steps, eval_every=1000, evals_per_chunk=5)
     rows, table, finals = [], [], {}
     default_name = "cartpole_misspec" + (f"_k{args.inner_steps}" if args.inner_steps != 1 else "")
@@ -79,7 +93,13 @@ def main():
         f"`python benchmarks/cartpole_misspec.py --steps {args.steps} --seeds {args.seeds} "
         f"--hidden {' '.join(map(str, args.hidden))} --distractors "
         f"{' '.join(map(str, args.distractors))} --agents {' '.join(args.agents)} "
-        f"--inner-steps {args.inner_steps}`: "
+        f"--inner-steps {args.inner_steps}"
+        + (
+            f" --likelihood-weight {' '.join(f'{w:g}' for w in args.likelihood_weight)}"
+            if args.likelihood_weight != [0.0]
+            else ""
+        )
+        + "`: "
         f"per agent, the final return (mean of the last {FINAL_EVALS} evaluations of each seed, "
         f"10 greedy episodes each) and the mean return over the whole run (area under the "
         f"curve), mean ± 95% interval over {args.seeds} seeds, after {args.steps} environment "
@@ -95,12 +115,13 @@ def main():
     for hidden, distractors in settings:
         env = omdx.envs.make("CartPole-v1", distractors=distractors)
         curves, line = {}, {"model_hidden": hidden, "distractors": distractors}
-        for agent in args.agents:
+        for label, agent, weight in arms:
             config = omdx.AgentConfig(
                 agent=agent,
                 model_hidden=hidden,
                 adjoint=args.adjoint,
                 inner_steps=args.inner_steps,
+                likelihood_weight=weight,
             )
             start = time.perf_counter()
             try:
@@ -112,28 +133,29 @@ def main():
                 # The seeds that stayed finite train to the end and are reported on their
                 # own; the table names the others.
                 result, note = _finite_seeds(error.result, error.diverged)
-                print(f"hidden={hidden} distractors={distractors} {agent}: {error}", flush=True)
+                print(f"hidden={hidden} distractors={distractors} {label}: {error}", flush=True)
             seconds = time.perf_counter() - start
             if len(result.seeds) == 0:
-                finals[(hidden, distractors, agent)] = (np.nan, np.nan)
-                line[f"{agent} final"] = note
-                line[f"{agent} AUC"] = line[f"{agent} model MSE"] = "-"
-                line[f"{agent} s"] = round(seconds)
+                finals[(hidden, distractors, label)] = (np.nan, np.nan)
+                line[f"{label} final"] = note
+                line[f"{label} AUC"] = line[f"{label} model MSE"] = "-"
+                line[f"{label} s"] = round(seconds)
                 continue
-            curves[agent] = (result.eval_steps, result.eval_returns)
+            curves[label] = (result.eval_steps, result.eval_returns)
             summary = run_summary(result, FINAL_EVALS)
             mean, half = summary["final_return_mean"], summary["final_return_ci95"]
             auc_mean, auc_half = summary["auc_mean"], summary["auc_ci95"]
-            finals[(hidden, distractors, agent)] = (mean, half)
-            line[f"{agent} final"] = f"{mean:.1f} ± {half:.1f}" + (f" ({note})" if note else "")
-            line[f"{agent} AUC"] = f"{auc_mean:.1f} ± {auc_half:.1f}"
-            line[f"{agent} model MSE"] = f"{summary['final_model_error_mean']:.3g}"
-            line[f"{agent} s"] = round(seconds)
+            finals[(hidden, distractors, label)] = (mean, half)
+            line[f"{label} final"] = f"{mean:.1f} ± {half:.1f}" + (f" ({note})" if note else "")
+            line[f"{label} AUC"] = f"{auc_mean:.1f} ± {auc_half:.1f}"
+            line[f"{label} model MSE"] = f"{summary['final_model_error_mean']:.3g}"
+            line[f"{label} s"] = round(seconds)
             for i, seed in enumerate(result.seeds):
                 for j, step in enumerate(result.eval_steps):
                     rows.append(
                         {
-                            "agent": agent,
+                            "agent": label,
+                            "likelihood_weight": weight,
                             "model_hidden": hidden,
                             "distractors": distractors,
                             "seed": int(seed),
@@ -143,7 +165,7 @@ def main():
                         }
                     )
             print(
-                f"hidden={hidden} distractors={distractors} {agent}: final {mean:.1f} ± "
+                f"hidden={hidden} distractors={distractors} {label}: final {mean:.1f} ± "
                 f"{half:.1f}, AUC {auc_mean:.1f} ± {auc_half:.1f} ({seconds:.0f} s)",
                 flush=True,
             )
@@ -156,7 +178,7 @@ def main():
         # Written after every setting, so that an interrupted study keeps what it finished.
         write_csv(f"{out}.csv", rows)
         done = settings[: len(table)]
-        _plot_finals(f"{out}.png", done, args.agents, finals)
+        _plot_finals(f"{out}.png", done, labels, finals)
         curve_links = "\n\n".join(f"![h={h}, d={d}]({out.name}_h{h}_d{d}.png)" for h, d in done)
         pathlib.Path(f"{out}.md").write_text(
             header + markdown_table(table) + "\n\nLearning curves:\n\n" + curve_links + "\n"

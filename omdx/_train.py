@@ -574,12 +574,12 @@ def train(
         same run.
     - `sweep`: several values of hyperparameters that set no shape, trained in the same
         compiled, vmapped run as the seeds: `{name: [value per point]}` with names from
-        `gamma`, `temperature`, `target_update`, `q_lr`, `model_lr`, `inner_steps` (of
-        `agent_config`) and `epsilon` (of `train_config`); the lists have one value per
-        point (so equal lengths). Every point runs every seed, from the same initial
-        networks. For a grid, list its product. Runs vmapped together with different
-        `inner_steps` each take as long as the largest. Network sizes, the agent and the
-        adjoint change the compiled program: train them in separate calls.
+        `gamma`, `temperature`, `target_update`, `q_lr`, `model_lr`, `inner_steps`,
+        `likelihood_weight` (of `agent_config`) and `epsilon` (of `train_config`); the
+        lists have one value per point (so equal lengths). Every point runs every seed,
+        from the same initial networks. For a grid, list its product. Runs vmapped together
+        with different `inner_steps` each take as long as the largest. Network sizes, the
+        agent and the adjoint change the compiled program: train them in separate calls.
     - `progress`: show a progress bar over environment steps.
     - `on_chunk`: called after each chunk with a dict: `eval_steps` `[k]`, `eval_returns`
         `[n_runs, k]`, `metrics` (dict of `[n_runs, k]`), `seeds` `[n_runs]` and

@@ -70,6 +70,12 @@ def _add_run_arguments(
     parser.add_argument(
         "--inner-steps", type=int, default=1, help="K inner Adam steps of the Q-network"
     )
+    parser.add_argument(
+        "--likelihood-weight",
+        type=float,
+        default=0.0,
+        help="beta: OMD's and VEP's model loss gets beta times MLE's added (0: the paper's)",
+    )
     parser.add_argument("--q-lr", type=float, default=3e-4, help="Q-network learning rate")
     parser.add_argument("--model-lr", type=float, default=1e-3, help="model learning rate")
     parser.add_argument("--q-hidden", type=int, default=32, help="hidden units per Q layer")
@@ -109,7 +115,7 @@ def _add_run_arguments(
         metavar="NAME=V1,V2,...",
         help="train every seed at each value, all in one vmapped run (repeat for more names, "
         "one value per point each): q_lr, model_lr, gamma, temperature, target_update, "
-        "inner_steps, epsilon",
+        "inner_steps, likelihood_weight, epsilon",
     )
     parser.add_argument(
         "--keep-going",
@@ -134,6 +140,7 @@ def _configs(args, agent: str):
         q_lr=args.q_lr,
         model_lr=args.model_lr,
         inner_steps=args.inner_steps,
+        likelihood_weight=args.likelihood_weight,
         adjoint=args.adjoint,
         adjoint_steps=args.adjoint_steps,
         adjoint_scale=args.adjoint_scale,

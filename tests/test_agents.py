@@ -152,6 +152,44 @@ def test_omd_adjoints_agree_at_the_converged_solution(getkey):
     assert np.allclose(ravel_pytree(grads)[0], ravel_pytree(closed_form)[0], rtol=1e-10)
 
 
+@pytest.mark.parametrize("agent", ["omd", "vep", "mle"])
+def test_likelihood_weight_adds_the_likelihood_gradient(agent, getkey):
+    config = dataclasses.replace(SMALL, agent=agent, adjoint="identity")
+    weighted = dataclasses.replace(config, likelihood_weight=0.7)
+    state = init_agent(getkey(), EnvSpec(OBS, ACTIONS), config)
+    batch, inner_key, model_key = make_batch(getkey()), getkey(), getkey()
+    loss, grads, _ = model_gradient(state, batch, config, inner_key, model_key)
+    weighted_loss, weighted_grads, _ = model_gradient(
+        state, batch, weighted, inner_key, model_key
+    )
+    model_params, model_static = eqx.partition(state.model, eqx.is_inexact_array)
+
+    def likelihood(params):  # MLE's loss of a deterministic model, written out
+        model = eqx.combine(params, model_static)
+        next_obs, reward = jax.vmap(model)(batch.observation, batch.action)
+        return jnp.mean((next_obs - batch.next_observation) ** 2) + jnp.mean(
+            (reward - batch.reward) ** 2
+        )
+
+    value, gradient = jax.value_and_grad(likelihood)(model_params)
+    flat, flat_weighted = ravel_pytree(grads)[0], ravel_pytree(weighted_grads)[0]
+    if agent == "mle":  # its loss is the likelihood already: the weight changes nothing
+        assert weighted_loss == loss
+        np.testing.assert_array_equal(flat_weighted, flat)
+        return
+    assert np.isclose(weighted_loss, loss + 0.7 * value, rtol=1e-12)
+    np.testing.assert_allclose(
+        flat_weighted, flat + 0.7 * ravel_pytree(gradient)[0], rtol=1e-10, atol=1e-12
+    )
+    # OMD's `q_real_loss` is then no longer its model loss: it is computed on its own.
+    step = {"omd": omd_step, "vep": vep_step}[agent]
+    new_state, metrics = step(state, batch, weighted)
+    assert np.isclose(
+        metrics["q_real_loss"], real_bellman_loss(new_state.q, state.q_target, batch, weighted)
+    )
+    assert np.isclose(metrics["model_loss"], weighted_loss)
+
+
 def test_gmres_adjoint_spends_its_budget_on_krylov_vectors():
     # Lineax counts GMRES steps in restart cycles (its first only computes the residual);
     # `adjoint_steps` budgets Hessian-vector products, as for CG.
@@ -263,6 +301,8 @@ def test_bad_agent_config_raises():
         AgentConfig(model_lr=0.0)
     with pytest.raises(ValueError, match="`inner_steps`"):
         AgentConfig(inner_steps=0)
+    with pytest.raises(ValueError, match="`likelihood_weight`"):
+        AgentConfig(likelihood_weight=-0.1)
     with pytest.raises(ValueError, match="num_actions"):
         init_agent(jr.PRNGKey(0), EnvSpec(3, 1), AgentConfig())
 

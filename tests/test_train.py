@@ -78,6 +78,7 @@ SWEEP = {
     "model_lr": [1e-3, 3e-3],
     "epsilon": [0.1, 0.3],
     "inner_steps": [2, 3],
+    "likelihood_weight": [0.0, 0.5],
 }
 
 

@@ -18,6 +18,7 @@ SWEEPABLE_AGENT_FIELDS = (
     "q_lr",
     "model_lr",
     "inner_steps",
+    "likelihood_weight",
 )
 
 
@@ -39,8 +40,9 @@ class AgentConfig(eqx.Module):
     """Hyperparameters of the OMD, MLE and VEP agents; defaults are the paper's CartPole ones.
 
     All fields are Python values, validated at construction. Those that set no shape and
-    no branch (`gamma`, `temperature`, `target_update`, `q_lr`, `model_lr`, and
-    `inner_steps`, a loop's trip count) are PyTree leaves, so that [`omdx.train`][]'s
+    no branch (`gamma`, `temperature`, `target_update`, `q_lr`, `model_lr`,
+    `likelihood_weight`, and `inner_steps`, a loop's trip count) are PyTree leaves, so that
+    [`omdx.train`][]'s
     `sweep` can run several values in one compiled, vmapped run; the others are static.
     """
 
@@ -57,6 +59,7 @@ class AgentConfig(eqx.Module):
     q_lr: float = 3e-4
     model_lr: float = 1e-3
     inner_steps: int = 1
+    likelihood_weight: float = 0.0
     q_weight_decay: float = eqx.field(static=True, default=0.0)
     inner_optimiser: str = eqx.field(static=True, default="adam")
     adjoint: str = eqx.field(static=True, default="identity")
@@ -101,6 +104,7 @@ class AgentConfig(eqx.Module):
         _check_number("adjoint_scale", self.adjoint_scale, low=0.0, low_open=True)
         _check_number("damping", self.damping, low=0.0)
         _check_number("q_weight_decay", self.q_weight_decay, low=0.0)
+        _check_number("likelihood_weight", self.likelihood_weight, low=0.0)
         if not isinstance(self.soft, bool):
             raise ValueError(f"`soft` must be a bool, got {self.soft!r}.")
 
@@ -124,6 +128,11 @@ AgentConfig.__init__.__doc__ = r"""**Arguments:**
 - `q_lr`: the inner optimiser's learning rate (Q-network).
 - `model_lr`: the model's Adam learning rate.
 - `inner_steps`: $K$, inner optimiser steps per update, from the warm start.
+- `likelihood_weight`: $\beta \ge 0$: OMD's and VEP's model loss gets $\beta$ times
+    MLE's loss added (next-observation and reward MSE, or the Gaussian NLL), which anchors
+    the model's predictions to the real next states. 0 (the paper's) leaves OMD's model
+    free to predict anything that serves the Q-function. MLE's loss is the likelihood
+    already: MLE ignores it.
 - `q_weight_decay`: an L2 penalty $\frac{\mu}{2}\|\varphi\|^2$ added to the inner
     (model-data) loss. ReLU networks are invariant to rescaling a hidden unit's input and
     output weights, so without it the inner Hessian is singular at every solution and the

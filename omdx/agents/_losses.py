@@ -196,6 +196,13 @@ def vep_model_loss(model, solve_q, state, batch, key, config):
     return value_loss + jnp.mean((reward - batch.reward) ** 2), None
 
 
+def uses_likelihood_term(config: AgentConfig) -> bool:
+    """Whether the model loss gets `config.likelihood_weight` times MLE's loss added: for
+    OMD and VEP, unless the weight is a Python zero (a swept, traced weight always is)."""
+    weight = config.likelihood_weight
+    return config.agent != "mle" and not (isinstance(weight, (int, float)) and weight == 0)
+
+
 MODEL_LOSSES: dict[str, ModelLoss] = {
     "omd": omd_model_loss,
     "mle": mle_model_loss,

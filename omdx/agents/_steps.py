@@ -18,10 +18,12 @@ from .._transition import Transition
 from ._config import AgentConfig
 from ._losses import (
     BellmanRegressionGradient,
+    mle_model_loss,
     MODEL_LOSSES,
     model_targets,
     prediction_errors,
     real_bellman_loss,
+    uses_likelihood_term,
 )
 from ._state import AgentState, inner_optimiser, model_optimiser
 
@@ -98,7 +100,8 @@ def model_gradient(
 
     For OMD this is the implicit gradient of the real-data Bellman loss of the Q-network
     obtained by [`omdx.solve_inner`][] on the model's data (with `config.adjoint`); for MLE
-    and VEP it is an ordinary gradient.
+    and VEP it is an ordinary gradient. With `config.likelihood_weight` $\beta > 0$, OMD's
+    and VEP's loss is their own plus $\beta$ times MLE's.
 
     **Arguments:**
 
@@ -119,7 +122,11 @@ def model_gradient(
 
     def loss(params):
         model = eqx.combine(params, model_static)
-        return model_loss_fn(model, solve_q, state, batch, model_key, config)
+        value, solution = model_loss_fn(model, solve_q, state, batch, model_key, config)
+        if uses_likelihood_term(config):
+            likelihood, _ = mle_model_loss(model, solve_q, state, batch, model_key, config)
+            value = value + config.likelihood_weight * likelihood
+        return value, solution
 
     (model_loss, solution), grads = jax.value_and_grad(loss, has_aux=True)(model_params)
     return model_loss, grads, solution
@@ -163,8 +170,8 @@ def agent_step(
     # On the model before its step: the same forward pass as the model loss's (shared after
     # compilation), where the updated model's would cost a pass of its own.
     model_error, reward_error = prediction_errors(state.model, batch)
-    if config.agent == "omd":  # the model loss is the real-data loss of the new Q
-        q_real_loss = model_loss
+    if config.agent == "omd" and not uses_likelihood_term(config):
+        q_real_loss = model_loss  # the model loss is the real-data loss of the new Q
     else:
         q_real_loss = real_bellman_loss(q, state.q_target, batch, config)
     metrics = {
