@@ -404,7 +404,7 @@ def _shard_count(seeds: int, devices: Sequence[jax.Device]) -> int:
     return max(d for d in range(1, min(seeds, len(devices)) + 1) if seeds % d == 0)
 
 
-def _place_seeds(runs: RunState, devices: Sequence[jax.Device] | None) -> tuple[RunState, int]:
+def _place_seeds(runs: PyTree, devices: Sequence[jax.Device] | None) -> tuple[PyTree, int]:
     """Split the runs' leading (seed) axis over the most of `devices` (default: all local
     devices) that share the seeds evenly, in contiguous blocks; returns the placed runs and
     the number of devices used. With the default devices and one shard, the runs stay
