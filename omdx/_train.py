@@ -405,10 +405,10 @@ def _shard_count(seeds: int, devices: Sequence[jax.Device]) -> int:
 
 
 def _place_seeds(runs: PyTree, devices: Sequence[jax.Device] | None) -> tuple[PyTree, int]:
-    """Split the runs' leading (seed) axis over the most of `devices` (default: all local
-    devices) that share the seeds evenly, in contiguous blocks; returns the placed runs and
-    the number of devices used. With the default devices and one shard, the runs stay
-    where they are."""
+    """Split the leading (run) axis of `runs` (a PyTree with a `key` field, runs leading)
+    over the most of `devices` (default: all local devices) that share the runs evenly, in
+    contiguous blocks; returns the placed runs and the number of devices used. With the
+    default devices and one shard, the runs stay where they are."""
     available = jax.local_devices() if devices is None else devices
     shards = _shard_count(runs.key.shape[0], available)
     if devices is None and shards == 1:

@@ -42,8 +42,8 @@ class AgentConfig(eqx.Module):
     All fields are Python values, validated at construction. Those that set no shape and
     no branch (`gamma`, `temperature`, `target_update`, `q_lr`, `model_lr`,
     `likelihood_weight`, and `inner_steps`, a loop's trip count) are PyTree leaves, so that
-    [`omdx.train`][]'s
-    `sweep` can run several values in one compiled, vmapped run; the others are static.
+    [`omdx.train`][]'s `sweep` can run several values in one compiled, vmapped run; the
+    others are static.
     """
 
     agent: str = eqx.field(static=True, default="omd")
