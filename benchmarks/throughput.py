@@ -162,10 +162,9 @@ def update_costs(env, configs: dict, steps: int, batch_size: int, rounds: int):
     }
 
 
-def host_loop(agent_config, steps: int, batch_size: int, seeds: int = 1, devices: int = 1):
+def host_loop(agent_config, steps: int, batch_size: int, seeds: int = 1):
     """(a): `omdx.train_host` on gymnasium `CartPole-v1`, stepped in Python with jitted
-    acting and updates, `seeds` seeds in lockstep, their updates split over the first
-    `devices` devices. Its rate over `steps` learning steps is
+    acting and updates, `seeds` seeds in lockstep. Its rate over `steps` learning steps is
     the time of a run of `RANDOM_STEPS + 1 + steps` environment steps less that of a run of
     `RANDOM_STEPS + 1` (the same random steps and buffer size, compilation already cached),
     times `seeds` (aggregate). Each run ends with one evaluation episode per seed, which
@@ -183,19 +182,12 @@ def host_loop(agent_config, steps: int, batch_size: int, seeds: int = 1, devices
             buffer_size=RANDOM_STEPS + 1 + steps,  # one buffer shape: one compilation
         )
         start = time.perf_counter()
-        train_host(
-            "CartPole-v1",
-            agent_config,
-            tc,
-            seeds=seeds,
-            progress=False,
-            devices=jax.local_devices()[:devices],
-        )
+        train_host("CartPole-v1", agent_config, tc, seeds=seeds, progress=False)
         return time.perf_counter() - start
 
     seconds(1)  # compilation
     rate = seeds * steps / (seconds(1 + steps) - seconds(1))
-    print(f"  host loop, {seeds} seed(s) on {devices} device(s): {rate:.0f} steps/s", flush=True)
+    print(f"  host loop, {seeds} seed(s): {rate:.0f} steps/s", flush=True)
     return rate
 
 
@@ -242,12 +234,6 @@ def main():
             )
             for n in (1, CPU_SEED_GROUP)
         }
-        if jax.local_device_count() > 1:  # the updates split over the devices (the default)
-            n = CPU_SEED_GROUP
-            shards = _shard_count(n, jax.local_devices())
-            host[f"(a) host loop, {n} seeds in lockstep over {shards} devices (aggregate)"] = (
-                host_loop(config, host_steps, batch_size, n, shards)
-            )
         # Every compiled setting is prepared (compiled, warmed up) first and then timed in
         # `rounds` interleaved rounds, one chunk of each per round, so that a slow spell of
         # the machine hits every setting alike; each row is the median over the rounds.

@@ -404,11 +404,11 @@ def _shard_count(seeds: int, devices: Sequence[jax.Device]) -> int:
     return max(d for d in range(1, min(seeds, len(devices)) + 1) if seeds % d == 0)
 
 
-def _place_seeds(runs: PyTree, devices: Sequence[jax.Device] | None) -> tuple[PyTree, int]:
-    """Split the leading (run) axis of `runs` (a PyTree with a `key` field, runs leading)
-    over the most of `devices` (default: all local devices) that share the runs evenly, in
-    contiguous blocks; returns the placed runs and the number of devices used. With the
-    default devices and one shard, the runs stay where they are."""
+def _place_seeds(runs: RunState, devices: Sequence[jax.Device] | None) -> tuple[RunState, int]:
+    """Split the runs' leading (seed) axis over the most of `devices` (default: all local
+    devices) that share the seeds evenly, in contiguous blocks; returns the placed runs and
+    the number of devices used. With the default devices and one shard, the runs stay
+    where they are."""
     available = jax.local_devices() if devices is None else devices
     shards = _shard_count(runs.key.shape[0], available)
     if devices is None and shards == 1:

@@ -25,7 +25,6 @@ from ._errors import errors_off
 from ._train import (
     _check_inputs,
     _divergence,
-    _place_seeds,
     _RunPlan,
     _swept_config,
     RunState,
@@ -216,7 +215,6 @@ def train_host(
     sweep: dict[str, Sequence[float]] | None = None,
     progress: bool = True,
     on_chunk: Callable[[dict[str, Any]], None] | None = None,
-    devices: Sequence[jax.Device] | None = None,
     stop_on_divergence: bool = True,
 ) -> TrainResult | list[TrainResult]:
     """Train an agent on any `gymnasium.Env`, stepped in Python; acting and updates jitted.
@@ -240,9 +238,6 @@ def train_host(
     - `progress`: show a progress bar over environment steps.
     - `on_chunk`: called after every `evals_per_chunk` evaluations with the dict that
         [`omdx.train`][] passes after a chunk, for streaming to disk.
-    - `devices`: as for [`omdx.train`][]: the runs' updates are split evenly over the
-        most of these devices (default: all local devices) that share them evenly; the
-        environments still step one after another in Python.
     - `stop_on_divergence`: as for [`omdx.train`][].
 
     **Returns:**
@@ -284,7 +279,6 @@ def train_host(
         runs = _init_runs(
             jnp.asarray(run_seeds), hyperparameters, spec, example, agent_config, tc.capacity
         )
-    runs, _ = _place_seeds(runs, devices)
     leaves, layout = _flatten(runs)
     del runs  # its arrays are donated to the first step
 
