@@ -200,14 +200,19 @@ def _commit() -> str:
     import subprocess
 
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=pathlib.Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return out.stdout.strip()
+        def git(*args):
+            return subprocess.run(
+                ["git", *args],
+                cwd=pathlib.Path(__file__).parent,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+
+        commit = git("rev-parse", "--short", "HEAD")
+        if git("status", "--porcelain", "--", "../omdx"):
+            commit += " with uncommitted changes to omdx/"
+        return commit
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

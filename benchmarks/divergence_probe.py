@@ -1,11 +1,12 @@
-"""Why a VEP seed diverges on CartPole: Q bootstraps from its own extrapolation.
+"""Why a seed diverges on CartPole: Q bootstraps from its own extrapolation.
 
 The K = 5 misspecification study lost VEP's seed 1 with the 8-unit model: its Bellman
-losses grew about tenfold per 1 000 steps and overflowed near step 19 000. This script
-reruns that setting (the same seeds, split over the cores as the study split them) and
-probes every seed's state part of the way in:
+losses grew about tenfold per 1 000 steps and overflowed near step 19 000 (and OMD lost
+seeds of the full 32-unit model at 200 000 steps the same way). This script reruns a
+setting (the same seeds, split over the cores as the study split them) and probes every
+seed's state part of the way in:
 
-- VEP's model predicts next states that often lie outside CartPole's termination region
+- The agent's model predicts next states that often lie outside CartPole's termination region
   (|x| > 2.4 or |theta| > 12 degrees) for transitions that did not terminate. Q is trained
   only at real states, which lie inside it, so the target network's value at such a model
   next state is the Q-network's extrapolation, which no loss constrains.
@@ -18,8 +19,10 @@ non-terminal ones, the share whose model next state lies outside the region and 
 V(model s') - V(real s') (the target network's soft value) on either side of it. The
 `--contrast` agents (MLE by default) are probed at the same step.
 
-    python benchmarks/vep_divergence.py                # about 6 minutes on 2 CPU cores
-    python benchmarks/vep_divergence.py --steps 6000   # a shorter trajectory
+    python benchmarks/divergence_probe.py                # VEP: about 6 minutes on 2 CPU cores
+    python benchmarks/divergence_probe.py --steps 6000   # a shorter trajectory
+    python benchmarks/divergence_probe.py --agent omd --model-hidden 32 --inner-steps 1 \
+        --likelihood-weight 0.1 --steps 65000 --probe-step 45000
 """
 
 import argparse
@@ -29,6 +32,9 @@ import pathlib
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 PROBE_TRANSITIONS = 4096
+# Per evaluation window, in the trajectory CSV: the Bellman losses on model and real data,
+# the model's error on real next states and its gradient's norm (OMD's implicit gradient).
+TRAJECTORY_METRICS = ("q_model_loss", "q_real_loss", "model_error", "model_grad_norm")
 
 
 def probe(agent, buffer, key, config, x_threshold: float, theta_threshold: float):
@@ -95,13 +101,21 @@ def probe_seeds(result, config, params) -> list[dict]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agent", default="vep", choices=("omd", "vep"), help="the agent traced")
     parser.add_argument("--steps", type=int, default=20_000, help="length of the trajectory run")
     parser.add_argument("--probe-step", type=int, default=4_000, help="where the seeds are probed")
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--model-hidden", type=int, default=8)
     parser.add_argument("--inner-steps", type=int, default=5)
-    parser.add_argument("--contrast", nargs="*", default=["mle"], help="agents probed beside VEP")
-    parser.add_argument("--out", default=str(RESULTS / "vep_divergence"))
+    parser.add_argument(
+        "--likelihood-weight", type=float, default=0.0, help="the traced agent's beta"
+    )
+    parser.add_argument(
+        "--contrast", nargs="*", default=["mle"], help="agents probed beside the traced one"
+    )
+    parser.add_argument(
+        "--out", default=None, help="output prefix (default results/AGENT_divergence)"
+    )
     args = parser.parse_args()
     if args.probe_step % 1000 or not 0 < args.probe_step < args.steps:
         parser.error("--probe-step must be a multiple of 1000 below --steps")
@@ -122,11 +136,15 @@ def main():
 
     params = _cartpole()[1]  # the parameters of omdx's CartPole-v1: its termination region
     env = omdx.envs.make("CartPole-v1")
+    traced = args.agent
     configs = {
         agent: omdx.AgentConfig(
-            agent=agent, model_hidden=args.model_hidden, inner_steps=args.inner_steps
+            agent=agent,
+            model_hidden=args.model_hidden,
+            inner_steps=args.inner_steps,
+            likelihood_weight=args.likelihood_weight if agent == traced else 0.0,
         )
-        for agent in ["vep", *args.contrast]
+        for agent in [traced, *args.contrast]
     }
 
     def train(config, steps):
@@ -136,8 +154,9 @@ def main():
         except omdx.TrainingDiverged as e:
             return e.result, e.diverged
 
-    # The whole trajectory of VEP: which seeds diverge, and how their Q loss grows.
-    trajectory, diverged = train(configs["vep"], args.steps)
+    # The whole trajectory of the traced agent: which seeds diverge, and how their Q loss
+    # grows.
+    trajectory, diverged = train(configs[traced], args.steps)
     diverged = np.zeros(args.seeds, bool) if diverged is None else np.asarray(diverged)
     q_loss = trajectory.metrics["q_model_loss"]
     rows = []
@@ -147,7 +166,7 @@ def main():
             raise SystemExit(f"{agent} diverged before --probe-step {args.probe_step}")
         for i, (seed, stats) in enumerate(zip(probed.seeds, probe_seeds(probed, config, params))):
             row = {"agent": agent, "seed": int(seed)}
-            if agent == "vep":  # the same seeds, in the same order, as `trajectory`
+            if agent == traced:  # the same seeds, in the same order, as `trajectory`
                 values = [trajectory.eval_returns[i], *(v[i] for v in trajectory.metrics.values())]
                 bad = ~np.isfinite(np.stack(values)).all(axis=0)
                 row["diverged"] = (
@@ -159,7 +178,7 @@ def main():
             rows.append({**row, **stats})
         print(markdown_table(rows[-len(probed.seeds) :], precision=3), flush=True)
 
-    out = pathlib.Path(args.out)
+    out = pathlib.Path(args.out or RESULTS / f"{traced}_divergence")
     write_csv(f"{out}.csv", rows)
     write_csv(
         f"{out}_trajectory.csv",
@@ -168,7 +187,7 @@ def main():
                 "seed": int(seed),
                 "step": int(step),
                 "eval_return": float(trajectory.eval_returns[i, j]),
-                "q_model_loss": float(q_loss[i, j]),
+                **{name: float(trajectory.metrics[name][i, j]) for name in TRAJECTORY_METRICS},
             }
             for i, seed in enumerate(trajectory.seeds)
             for j, step in enumerate(trajectory.eval_steps)
@@ -185,30 +204,37 @@ def main():
         )
     axis.set_xlabel("environment step")
     axis.set_ylabel("Q loss on model data (window mean)")
-    axis.set_title(f"VEP, model hidden {args.model_hidden}, K = {args.inner_steps}")
+    beta = f", beta = {args.likelihood_weight:g}" if args.likelihood_weight else ""
+    axis.set_title(
+        f"{traced.upper()}, model hidden {args.model_hidden}, K = {args.inner_steps}{beta}"
+    )
     if diverged.any():
         axis.legend()
     figure.tight_layout()
     figure.savefig(f"{out}.png", dpi=120)
     plt.close(figure)
+    name = traced.upper()
     header = (
-        "# Why a VEP seed diverges\n\n"
-        f"`python benchmarks/vep_divergence.py --steps {args.steps} --probe-step "
-        f"{args.probe_step} --seeds {args.seeds} --model-hidden {args.model_hidden} "
-        f"--inner-steps {args.inner_steps}`: CartPole-v1, jax {jax.__version__} on "
-        f"{jax.devices()[0].platform}. VEP is trained for {args.steps} steps (its Q loss on "
-        f"model data, per evaluation window, is plotted), and every agent is trained again to "
-        f"step {args.probe_step}, where {PROBE_TRANSITIONS} real transitions from each "
-        "seed's buffer are probed. On the non-terminal ones: `model s' outside` is the share "
-        "whose model next state lies outside CartPole's termination region "
+        f"# Why a {name} seed diverges\n\n"
+        f"`python benchmarks/divergence_probe.py --agent {traced} --steps {args.steps} "
+        f"--probe-step {args.probe_step} --seeds {args.seeds} --model-hidden "
+        f"{args.model_hidden} --inner-steps {args.inner_steps} --likelihood-weight "
+        f"{args.likelihood_weight:g}`: CartPole-v1, jax {jax.__version__} on "
+        f"{jax.devices()[0].platform}. {name} is trained for {args.steps} steps (its Q loss "
+        f"on model data, per evaluation window, is plotted), and every agent is trained "
+        f"again to step {args.probe_step}, where {PROBE_TRANSITIONS} real transitions from "
+        "each seed's buffer are probed. On the non-terminal ones: `model s' outside` is the "
+        "share whose model next state lies outside CartPole's termination region "
         f"(|x| > {params.x_threshold} or "
         f"|theta| > {math.degrees(params.theta_threshold_radians):.0f} degrees), where the "
         "Q-network was never trained; `V gap` is the mean of V(model s') - V(real s') (the "
         "target network's soft value) where the model's next state lies outside or inside "
         "the region. "
         "`Q(s, a)` is the mean of min(Q1, Q2) at the real (s, a); `model MSE` the squared "
-        "error of the model's next state.\n\n"
-        f"![Q loss](vep_divergence.png)\n\n"
+        "error of the model's next state. "
+        f"`{out.name}_trajectory.csv` holds each seed's return and window means of "
+        f"{', '.join(TRAJECTORY_METRICS)} over the trajectory run.\n\n"
+        f"![Q loss]({out.name}.png)\n\n"
     )
     out.with_suffix(".md").write_text(header + markdown_table(rows, precision=3) + "\n")
     print(f"wrote {out}.md, {out}.csv, {out}_trajectory.csv, {out}.png")
