@@ -702,22 +702,37 @@ def _divergence(returns, metrics, seeds, steps, labels=None) -> tuple[str | None
         "eval_return": returns,
         **{k: v for k, v in metrics.items() if k in ("model_loss", "q_real_loss", "q_model_loss")},
     }
-    diverged = np.zeros(len(seeds), bool)
+    any_bad = np.zeros(np.shape(returns), bool)
     first = None
     for name, values in checked.items():
         bad = ~np.isfinite(values)
         if bad.any():
-            diverged |= bad.any(axis=1)
+            any_bad |= bad
             step = int(steps[np.nonzero(bad)[1].min()])
             if first is None or step < first[1]:
                 first = (name, step)
+    diverged = any_bad.any(axis=1)
     if first is None:
         return None, diverged
     where = f"seeds {sorted(set(seeds[diverged].tolist()))}"
     if labels is not None and any(labels):
         where += f" at {sorted(set(labels[i] for i in np.nonzero(diverged)[0]))}"
+    runs = np.nonzero(diverged)[0]
+    if len(runs) == 1:
+        when = f"by step {first[1]}"
+    else:  # each run's own first non-finite evaluation, not only the earliest
+        when = (
+            "("
+            + ", ".join(
+                f"seed {seeds[i]}"
+                + (f" at {labels[i]}" if labels is not None and labels[i] else "")
+                + f" by step {int(steps[np.argmax(any_bad[i])])}"
+                for i in runs
+            )
+            + ")"
+        )
     message = (
-        f"Training produced a non-finite `{first[0]}` for {where} by step {first[1]}. "
+        f"Training produced a non-finite `{first[0]}` for {where} {when}. "
         "Lower the learning rates, or for the Neumann adjoint lower `adjoint_scale` below "
         "1/(largest Hessian eigenvalue). The error's `result` holds every run up to the last "
         "evaluation made, and `diverged` marks these."

@@ -159,9 +159,7 @@ def test_likelihood_weight_adds_the_likelihood_gradient(agent, getkey):
     state = init_agent(getkey(), EnvSpec(OBS, ACTIONS), config)
     batch, inner_key, model_key = make_batch(getkey()), getkey(), getkey()
     loss, grads, _ = model_gradient(state, batch, config, inner_key, model_key)
-    weighted_loss, weighted_grads, _ = model_gradient(
-        state, batch, weighted, inner_key, model_key
-    )
+    weighted_loss, weighted_grads, _ = model_gradient(state, batch, weighted, inner_key, model_key)
     model_params, model_static = eqx.partition(state.model, eqx.is_inexact_array)
 
     def likelihood(params):  # MLE's loss of a deterministic model, written out

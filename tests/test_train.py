@@ -9,7 +9,7 @@ from gymnasium.envs.classic_control import CartPoleEnv
 
 import omdx
 from omdx import AgentConfig, TrainConfig
-from omdx._train import _chunk_plan, _shard_count
+from omdx._train import _chunk_plan, _divergence, _shard_count
 from omdx._train_host import _spawn
 
 
@@ -197,6 +197,20 @@ def test_shard_count_divides_the_seeds():
     devices = ["a", "b", "c", "d"]  # only their number matters
     assert [_shard_count(n, devices) for n in (1, 2, 3, 4, 6, 9, 10)] == [1, 2, 3, 4, 3, 3, 2]
     assert _shard_count(5, devices[:1]) == 1
+
+
+def test_divergence_names_each_runs_first_non_finite_step():
+    steps = np.array([1000, 2000, 3000])
+    returns = np.array([[1.0, 2, 3], [1, 2, np.nan], [1, 2, np.inf]])
+    # Run 2's loss turns non-finite before its return does.
+    losses = {"model_loss": np.array([[1.0, 2, 3], [1, 2, 3], [1, np.nan, 3]])}
+    message, diverged = _divergence(returns, losses, np.array([5, 6, 7]), steps)
+    assert diverged.tolist() == [False, True, True]
+    assert "`model_loss` for seeds [6, 7] (seed 6 by step 3000, seed 7 by step 2000)" in message
+    message, _ = _divergence(returns[:2], {}, np.array([5, 6]), steps)
+    assert "`eval_return` for seeds [6] by step 3000." in message
+    message, diverged = _divergence(returns[:1], {}, np.array([5]), steps)
+    assert message is None and not diverged.any()
 
 
 def test_chunk_plan_ends_with_the_remainder():
