@@ -200,6 +200,7 @@ def _commit() -> str:
     import subprocess
 
     try:
+
         def git(*args):
             return subprocess.run(
                 ["git", *args],

@@ -721,16 +721,12 @@ def _divergence(returns, metrics, seeds, steps, labels=None) -> tuple[str | None
     if len(runs) == 1:
         when = f"by step {first[1]}"
     else:  # each run's own first non-finite evaluation, not only the earliest
-        when = (
-            "("
-            + ", ".join(
-                f"seed {seeds[i]}"
-                + (f" at {labels[i]}" if labels is not None and labels[i] else "")
-                + f" by step {int(steps[np.argmax(any_bad[i])])}"
-                for i in runs
-            )
-            + ")"
-        )
+
+        def run_name(i):
+            return f"seed {seeds[i]}" + (f" at {labels[i]}" if labels and labels[i] else "")
+
+        each = ", ".join(f"{run_name(i)} by step {int(steps[np.argmax(any_bad[i])])}" for i in runs)
+        when = f"({each})"
     message = (
         f"Training produced a non-finite `{first[0]}` for {where} {when}. "
         "Lower the learning rates, or for the Neumann adjoint lower `adjoint_scale` below "

@@ -147,18 +147,24 @@ def test_bad_sweep_raises_before_training(cartpole):
 def test_a_diverging_run_loses_no_other_run(cartpole):
     # Plain SGD at a learning rate of 10^6 blows the Q-network up within the first updates.
     config = dataclasses.replace(TINY_AGENT, inner_optimiser="sgd")
+
+    def diverging_sweep(train_config, **kwargs):
+        with pytest.raises(
+            omdx.TrainingDiverged, match=r"seeds \[3\] at \['q_lr=1e\+06'\]"
+        ) as caught:
+            omdx.train(
+                cartpole,
+                config,
+                train_config,
+                seeds=[3],
+                sweep={"q_lr": [3e-4, 1e6]},
+                progress=False,
+                **kwargs,
+            )
+        return caught.value
+
     chunks = []
-    with pytest.raises(omdx.TrainingDiverged, match=r"seeds \[3\] at \['q_lr=1e\+06'\]") as caught:
-        omdx.train(
-            cartpole,
-            config,
-            TINY_RUN,
-            seeds=[3],
-            sweep={"q_lr": [3e-4, 1e6]},
-            progress=False,
-            on_chunk=chunks.append,
-        )
-    error = caught.value
+    error = diverging_sweep(TINY_RUN, on_chunk=chunks.append)
     assert isinstance(error, FloatingPointError)
     assert [list(mask) for mask in error.diverged] == [[False], [True]]
     finite, blown = error.result
@@ -175,18 +181,9 @@ def test_a_diverging_run_loses_no_other_run(cartpole):
     # With `stop_on_divergence=False` the finite run goes on to the end (a step budget of
     # 600: the divergence, by step 400, is in the second of three chunks).
     longer = dataclasses.replace(TINY_RUN, steps=600)
-    with pytest.raises(omdx.TrainingDiverged, match=r"seeds \[3\] at \['q_lr=1e\+06'\]") as caught:
-        omdx.train(
-            cartpole,
-            config,
-            longer,
-            seeds=[3],
-            sweep={"q_lr": [3e-4, 1e6]},
-            progress=False,
-            stop_on_divergence=False,
-        )
-    assert [list(mask) for mask in caught.value.diverged] == [[False], [True]]
-    went_on, _ = caught.value.result
+    kept_going = diverging_sweep(longer, stop_on_divergence=False)
+    assert [list(mask) for mask in kept_going.diverged] == [[False], [True]]
+    went_on, _ = kept_going.result
     np.testing.assert_array_equal(went_on.eval_steps, [200, 400, 600])
     assert np.all(np.isfinite(went_on.metrics["q_real_loss"][:, 1:]))
     np.testing.assert_allclose(went_on.eval_returns[:, :2], finite.eval_returns, rtol=1e-5)

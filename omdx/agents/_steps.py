@@ -116,20 +116,28 @@ def model_gradient(
     `(loss, gradient, solution)`: `gradient` has the structure of the model's arrays;
     `solution` is the inner `optimistix.Solution` for OMD, `None` otherwise.
     """
+    loss, _, grads, solution = _model_gradient(state, batch, config, inner_key, model_key)
+    return loss, grads, solution
+
+
+def _model_gradient(state, batch, config, inner_key, model_key):
+    """`model_gradient`, and the agent's own loss before any likelihood term is added (for
+    OMD, the real-data Bellman loss of the solved Q-network)."""
     model_loss_fn = MODEL_LOSSES[config.agent]
     solve_q = ft.partial(_solve_q, state=state, batch=batch, key=inner_key, config=config)
     model_params, model_static = eqx.partition(state.model, eqx.is_inexact_array)
 
     def loss(params):
         model = eqx.combine(params, model_static)
-        value, solution = model_loss_fn(model, solve_q, state, batch, model_key, config)
+        own, solution = model_loss_fn(model, solve_q, state, batch, model_key, config)
+        value = own
         if uses_likelihood_term(config):
             likelihood, _ = mle_model_loss(model, solve_q, state, batch, model_key, config)
-            value = value + config.likelihood_weight * likelihood
-        return value, solution
+            value = own + config.likelihood_weight * likelihood
+        return value, (own, solution)
 
-    (model_loss, solution), grads = jax.value_and_grad(loss, has_aux=True)(model_params)
-    return model_loss, grads, solution
+    (model_loss, (own_loss, solution)), grads = jax.value_and_grad(loss, has_aux=True)(model_params)
+    return model_loss, own_loss, grads, solution
 
 
 def agent_step(
@@ -155,7 +163,9 @@ def agent_step(
     success).
     """
     key, inner_key, model_key = jr.split(state.key, 3)
-    model_loss, grads, solution = model_gradient(state, batch, config, inner_key, model_key)
+    model_loss, own_loss, grads, solution = _model_gradient(
+        state, batch, config, inner_key, model_key
+    )
     model_params, model_static = eqx.partition(state.model, eqx.is_inexact_array)
     updates, model_opt_state = model_optimiser(config).update(
         grads, state.model_opt_state, model_params
@@ -170,8 +180,8 @@ def agent_step(
     # On the model before its step: the same forward pass as the model loss's (shared after
     # compilation), where the updated model's would cost a pass of its own.
     model_error, reward_error = prediction_errors(state.model, batch)
-    if config.agent == "omd" and not uses_likelihood_term(config):
-        q_real_loss = model_loss  # the model loss is the real-data loss of the new Q
+    if config.agent == "omd":  # its own loss is the real-data loss of the new Q
+        q_real_loss = own_loss
     else:
         q_real_loss = real_bellman_loss(q, state.q_target, batch, config)
     metrics = {
