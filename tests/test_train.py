@@ -295,20 +295,24 @@ def test_host_loop_sweep_names_the_diverged_point_and_keeps_the_other():
     # at 10^-2 it trains. The diverged point is named; the other is the run it is alone.
     config = dataclasses.replace(TINY_AGENT, inner_optimiser="sgd")
     run = TrainConfig(steps=200, random_steps=100, eval_every=100, eval_episodes=1, batch_size=32)
+
+    def diverging_sweep(train_config, **kwargs):
+        with pytest.raises(
+            omdx.TrainingDiverged, match=r"seeds \[4, 5\] at \['q_lr=1e\+06'\]"
+        ) as caught:
+            omdx.train_host(
+                "CartPole-v1",
+                config,
+                train_config,
+                seeds=[4, 5],
+                sweep={"q_lr": [1e-2, 1e6]},
+                progress=False,
+                **kwargs,
+            )
+        return caught.value
+
     streamed = []
-    with pytest.raises(
-        omdx.TrainingDiverged, match=r"seeds \[4, 5\] at \['q_lr=1e\+06'\]"
-    ) as caught:
-        omdx.train_host(
-            "CartPole-v1",
-            config,
-            run,
-            seeds=[4, 5],
-            sweep={"q_lr": [1e-2, 1e6]},
-            progress=False,
-            on_chunk=streamed.append,
-        )
-    error = caught.value
+    error = diverging_sweep(run, on_chunk=streamed.append)
     finite, diverged = error.result
     np.testing.assert_array_equal(error.diverged[0], [False, False])
     np.testing.assert_array_equal(error.diverged[1], [True, True])
@@ -325,17 +329,7 @@ def test_host_loop_sweep_names_the_diverged_point_and_keeps_the_other():
     )
     # Without stopping, the finite point trains to the end of a longer budget.
     longer = dataclasses.replace(run, steps=300, evals_per_chunk=1)
-    with pytest.raises(omdx.TrainingDiverged, match=r"seeds \[4, 5\]") as caught:
-        omdx.train_host(
-            "CartPole-v1",
-            config,
-            longer,
-            seeds=[4, 5],
-            sweep={"q_lr": [1e-2, 1e6]},
-            progress=False,
-            stop_on_divergence=False,
-        )
-    went_on, _ = caught.value.result
+    went_on, _ = diverging_sweep(longer, stop_on_divergence=False).result
     np.testing.assert_array_equal(went_on.eval_steps, [100, 200, 300])
     assert np.all(np.isfinite(went_on.metrics["q_real_loss"][:, 1:]))
     np.testing.assert_array_equal(went_on.final_state.agent.updates, [200, 200])
