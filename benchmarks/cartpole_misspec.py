@@ -52,6 +52,12 @@ def main():
         help="beta: OMD and VEP train once per value, with beta times MLE's loss added to "
         "their model loss (labelled e.g. omd-beta0.1; MLE has none and trains once)",
     )
+    parser.add_argument(
+        "--bound-predictions",
+        action="store_true",
+        help="every arm squashes its model's next-state predictions into the box of the "
+        "batch's real states (labelled e.g. omd-bounded)",
+    )
     parser.add_argument("--x64", action="store_true")
     parser.add_argument(
         "--cpu-devices",
@@ -78,8 +84,9 @@ def main():
     from omdx._report import markdown_table, plot_curves, run_summary, write_csv
 
     settings = [(h, 0) for h in args.hidden] + [(32, d) for d in args.distractors if d > 0]
+    bounded_suffix = "-bounded" if args.bound_predictions else ""
     arms = [  # (label, agent, likelihood weight)
-        (agent if weight == 0 else f"{agent}-beta{weight:g}", agent, weight)
+        ((agent if weight == 0 else f"{agent}-beta{weight:g}") + bounded_suffix, agent, weight)
         for agent in args.agents
         for weight in ([0.0] if agent == "mle" else args.likelihood_weight)
     ]
@@ -99,6 +106,7 @@ def main():
             if args.likelihood_weight != [0.0]
             else ""
         )
+        + (" --bound-predictions" if args.bound_predictions else "")
         + "`: "
         f"per agent, the final return (mean of the last {FINAL_EVALS} evaluations of each seed, "
         f"10 greedy episodes each) and the mean return over the whole run (area under the "
@@ -122,6 +130,7 @@ def main():
                 adjoint=args.adjoint,
                 inner_steps=args.inner_steps,
                 likelihood_weight=weight,
+                bound_predictions=args.bound_predictions,
             )
             start = time.perf_counter()
             try:
@@ -156,6 +165,7 @@ def main():
                         {
                             "agent": label,
                             "likelihood_weight": weight,
+                            "bound_predictions": args.bound_predictions,
                             "model_hidden": hidden,
                             "distractors": distractors,
                             "seed": int(seed),

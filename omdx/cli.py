@@ -76,6 +76,12 @@ def _add_run_arguments(
         default=0.0,
         help="beta: OMD's and VEP's model loss gets beta times MLE's added (0: the paper's)",
     )
+    parser.add_argument(
+        "--bound-predictions",
+        action="store_true",
+        help="squash the model's next-state predictions into the box of the batch's real "
+        "states (default: unbounded, the paper's)",
+    )
     parser.add_argument("--q-lr", type=float, default=3e-4, help="Q-network learning rate")
     parser.add_argument("--model-lr", type=float, default=1e-3, help="model learning rate")
     parser.add_argument("--q-hidden", type=int, default=32, help="hidden units per Q layer")
@@ -141,6 +147,7 @@ def _configs(args, agent: str):
         model_lr=args.model_lr,
         inner_steps=args.inner_steps,
         likelihood_weight=args.likelihood_weight,
+        bound_predictions=args.bound_predictions,
         adjoint=args.adjoint,
         adjoint_steps=args.adjoint_steps,
         adjoint_scale=args.adjoint_scale,

@@ -20,7 +20,9 @@ from omdx._transition import Transition
 from omdx.agents import (
     agent_adjoint,
     AgentConfig,
+    bellman_targets,
     BellmanRegressionGradient,
+    bound_to_batch,
     EnvSpec,
     init_agent,
     mle_step,
@@ -85,10 +87,14 @@ def converged_state(key, config):
     return state, batch, inner_key, solve, q_static
 
 
-def test_omd_direct_gradient_matches_finite_differences(getkey):
-    state, batch, inner_key, solve, q_static = converged_state(jr.PRNGKey(0), SMALL)
+@pytest.mark.parametrize("bound", [False, True])
+def test_omd_direct_gradient_matches_finite_differences(bound, getkey):
+    config = dataclasses.replace(SMALL, bound_predictions=bound)
+    state, batch, inner_key, solve, q_static = converged_state(jr.PRNGKey(0), config)
     # Compiled whole (8 s less than op by op, whose small operations each compile alone).
-    loss, grads, solution = eqx.filter_jit(model_gradient)(state, batch, SMALL, inner_key, getkey())
+    loss, grads, solution = eqx.filter_jit(model_gradient)(
+        state, batch, config, inner_key, getkey()
+    )
     assert int(solution.result._value) == 0
     model_params, model_static = eqx.partition(state.model, eqx.is_inexact_array)
     flat, unravel = ravel_pytree(model_params)
@@ -98,7 +104,7 @@ def test_omd_direct_gradient_matches_finite_differences(getkey):
     def outer(flat_params):
         model = eqx.combine(unravel(flat_params), model_static)
         q = eqx.combine(solve(model, q0), q_static)
-        return real_bellman_loss(q, state.q_target, batch, SMALL)
+        return real_bellman_loss(q, state.q_target, batch, config)
 
     assert np.isclose(outer(flat), loss, rtol=1e-10)
     flat_grad, _ = ravel_pytree(grads)
@@ -150,6 +156,69 @@ def test_omd_adjoints_agree_at_the_converged_solution(getkey):
     )
     (closed_form,) = vjp(jax.tree.map(lambda g: -0.3 * g, out_grad))
     assert np.allclose(ravel_pytree(grads)[0], ravel_pytree(closed_form)[0], rtol=1e-10)
+
+
+def test_bound_to_batch_squashes_into_the_batch_box(getkey):
+    batch = make_batch(getkey())
+    # The last dimension is constant over the batch: its box has no width.
+    batch = dataclasses.replace(
+        batch,
+        observation=batch.observation.at[:, -1].set(0.5),
+        next_observation=batch.next_observation.at[:, -1].set(0.5),
+    )
+    observed = np.concatenate([batch.observation, batch.next_observation])
+    low, high = observed.min(axis=0), observed.max(axis=0)
+    predictions = 10 * jr.normal(getkey(), (BATCH, OBS))
+    bounded = np.asarray(bound_to_batch(predictions, batch))
+    assert np.all(np.isfinite(bounded))
+    assert np.all(bounded >= low - 1e-12) and np.all(bounded <= high + 1e-12)
+    np.testing.assert_allclose(bounded[:, -1], 0.5, atol=1e-12)
+    for dim in range(OBS):  # increasing in the prediction
+        order = np.argsort(predictions[:, dim])
+        assert np.all(np.diff(bounded[order, dim]) >= 0)
+    # The identity to first order at the box's centre.
+    centre = jnp.asarray(0.5 * (low + high))
+    jacobian = jax.jacfwd(lambda x: bound_to_batch(x[None], batch)[0])(centre)
+    np.testing.assert_allclose(jacobian, np.eye(OBS), atol=1e-12)
+    np.testing.assert_allclose(bound_to_batch(centre[None], batch)[0], centre, atol=1e-12)
+
+
+@pytest.mark.parametrize("agent", ["omd", "vep", "mle"])
+def test_bound_predictions_bounds_every_use_of_the_model(agent, getkey):
+    config = dataclasses.replace(SMALL, agent=agent, adjoint="identity")
+    bounded = dataclasses.replace(config, bound_predictions=True)
+    state = init_agent(getkey(), EnvSpec(OBS, ACTIONS), config)
+    # A model that predicts far outside the batch's states, as OMD's come to.
+    state = dataclasses.replace(
+        state, model=jax.tree.map(lambda p: 20 * p if eqx.is_inexact_array(p) else p, state.model)
+    )
+    batch, inner_key, model_key = make_batch(getkey()), getkey(), getkey()
+    next_obs, reward = jax.vmap(state.model)(batch.observation, batch.action)
+    squashed = bound_to_batch(next_obs, batch)
+    # The Bellman targets the Q-network learns from (every agent's).
+    targets = model_targets(state.model, state.q_target, batch, inner_key, bounded)
+    expected = bellman_targets(state.q_target, reward, squashed, batch.terminated, bounded)
+    np.testing.assert_allclose(targets, expected, rtol=1e-12)
+    unbounded = model_targets(state.model, state.q_target, batch, inner_key, config)
+    assert not np.allclose(targets, unbounded)
+    # The model loss (MLE's and VEP's written out; OMD's through those targets).
+    loss, _, _ = model_gradient(state, batch, bounded, inner_key, model_key)
+    if agent == "mle":
+        expected_loss = jnp.mean((squashed - batch.next_observation) ** 2) + jnp.mean(
+            (reward - batch.reward) ** 2
+        )
+        np.testing.assert_allclose(loss, expected_loss, rtol=1e-12)
+    elif agent == "vep":
+        ensemble = state.value_ensemble
+        gap = jax.vmap(ensemble)(squashed) - jax.vmap(ensemble)(batch.next_observation)
+        expected_loss = jnp.mean(jnp.sum(gap**2, axis=-1)) + jnp.mean((reward - batch.reward) ** 2)
+        np.testing.assert_allclose(loss, expected_loss, rtol=1e-12)
+    # The `model_error` metric: the bounded predictions' error.
+    step = {"omd": omd_step, "mle": mle_step, "vep": vep_step}[agent]
+    _, metrics = step(state, batch, bounded)
+    expected_error = jnp.mean(jnp.sum((squashed - batch.next_observation) ** 2, axis=-1))
+    np.testing.assert_allclose(metrics["model_error"], expected_error, rtol=1e-12)
+    assert all(np.isfinite(v) for v in metrics.values())
 
 
 @pytest.mark.parametrize("agent", ["omd", "vep", "mle"])
@@ -301,6 +370,8 @@ def test_bad_agent_config_raises():
         AgentConfig(inner_steps=0)
     with pytest.raises(ValueError, match="`likelihood_weight`"):
         AgentConfig(likelihood_weight=-0.1)
+    with pytest.raises(ValueError, match="`bound_predictions`"):
+        AgentConfig(bound_predictions=1)
     with pytest.raises(ValueError, match="num_actions"):
         init_agent(jr.PRNGKey(0), EnvSpec(3, 1), AgentConfig())
 

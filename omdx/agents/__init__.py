@@ -5,6 +5,8 @@ from ._losses import (
     bellman_loss as bellman_loss,
     bellman_targets as bellman_targets,
     BellmanRegressionGradient as BellmanRegressionGradient,
+    bound_to_batch as bound_to_batch,
+    model_predictions as model_predictions,
     model_targets as model_targets,
     real_bellman_loss as real_bellman_loss,
     regression_loss as regression_loss,

@@ -60,6 +60,7 @@ class AgentConfig(eqx.Module):
     model_lr: float = 1e-3
     inner_steps: int = 1
     likelihood_weight: float = 0.0
+    bound_predictions: bool = eqx.field(static=True, default=False)
     q_weight_decay: float = eqx.field(static=True, default=0.0)
     inner_optimiser: str = eqx.field(static=True, default="adam")
     adjoint: str = eqx.field(static=True, default="identity")
@@ -105,8 +106,9 @@ class AgentConfig(eqx.Module):
         _check_number("damping", self.damping, low=0.0)
         _check_number("q_weight_decay", self.q_weight_decay, low=0.0)
         _check_number("likelihood_weight", self.likelihood_weight, low=0.0)
-        if not isinstance(self.soft, bool):
-            raise ValueError(f"`soft` must be a bool, got {self.soft!r}.")
+        for name in ("soft", "bound_predictions"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be a bool, got {getattr(self, name)!r}.")
 
 
 AgentConfig.__init__.__doc__ = r"""**Arguments:**
@@ -133,6 +135,11 @@ AgentConfig.__init__.__doc__ = r"""**Arguments:**
     the model's predictions to the real next states. 0 (the paper's) leaves OMD's model
     free to predict anything that serves the Q-function. MLE's loss is the likelihood
     already: MLE ignores it.
+- `bound_predictions`: squash the model's next-observation predictions, wherever they
+    are used (Bellman targets, every model loss, the `model_error` metric), into the box
+    spanned by the batch's real observations ([`omdx.agents.bound_to_batch`][]), so that
+    the Q-network's bootstrap targets never come from states it is not trained on.
+    `False` (the paper's) leaves them unbounded.
 - `q_weight_decay`: an L2 penalty $\frac{\mu}{2}\|\varphi\|^2$ added to the inner
     (model-data) loss. ReLU networks are invariant to rescaling a hidden unit's input and
     output weights, so without it the inner Hessian is singular at every solution and the

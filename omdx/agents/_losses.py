@@ -82,10 +82,42 @@ def real_bellman_loss(q: DoubleQ, q_target: DoubleQ, batch: Transition, config: 
     )
 
 
-def model_transitions(model: DynamicsModel, batch: Transition, key: PRNGKeyArray):
-    r"""The model's $(\hat s', \hat r)$ at the real $(s, a)$ of the batch."""
-    keys = jr.split(key, batch.reward.shape[0])
-    return jax.vmap(model.sample)(batch.observation, batch.action, keys)
+def bound_to_batch(
+    next_observation: Float[Array, "batch obs"], batch: Transition
+) -> Float[Array, "batch obs"]:
+    r"""Squash predicted next observations into the box the batch's real observations span.
+
+    Per dimension, with $c$ and $h$ the centre and half-width of the range of the batch's
+    observations and next observations, $\hat s' \mapsto c + h \tanh((\hat s' - c) / h)$:
+    smooth and increasing (so gradients still reach the model), the identity to first
+    order at the centre, and never outside the states the Q-network is trained on.
+    """
+    observed = jnp.concatenate([batch.observation, batch.next_observation])
+    low, high = jnp.min(observed, axis=0), jnp.max(observed, axis=0)
+    centre = 0.5 * (low + high)
+    # A dimension constant over the batch has no width to squash into: keep a tiny one so
+    # that the map stays finite (and pins predictions to that constant).
+    half_width = jnp.maximum(0.5 * (high - low), jnp.finfo(observed.dtype).eps)
+    return centre + half_width * jnp.tanh((next_observation - centre) / half_width)
+
+
+def model_predictions(
+    model: DynamicsModel,
+    batch: Transition,
+    config: AgentConfig,
+    key: PRNGKeyArray | None = None,
+) -> tuple[Float[Array, "batch obs"], Float[Array, " batch"]]:
+    r"""The model's $(\hat s', \hat r)$ at the real $(s, a)$ of the batch: its mean, or with
+    `key` a sample; bounded by [`omdx.agents.bound_to_batch`][] when
+    `config.bound_predictions`. Every loss and metric reads the model through this."""
+    if key is None:
+        next_obs, reward = jax.vmap(model)(batch.observation, batch.action)
+    else:
+        keys = jr.split(key, batch.reward.shape[0])
+        next_obs, reward = jax.vmap(model.sample)(batch.observation, batch.action, keys)
+    if config.bound_predictions:
+        next_obs = bound_to_batch(next_obs, batch)
+    return next_obs, reward
 
 
 def model_targets(
@@ -97,7 +129,7 @@ def model_targets(
 ) -> Float[Array, " batch"]:
     r"""Bellman targets on model transitions: real $(s, a)$, model $(\hat r, \hat s')$, real
     termination flags."""
-    next_obs, reward = model_transitions(model, batch, key)
+    next_obs, reward = model_predictions(model, batch, config, key)
     return bellman_targets(q_target, reward, next_obs, batch.terminated, config)
 
 
@@ -142,9 +174,12 @@ class BellmanRegressionGradient(eqx.Module):
         return gradient, value
 
 
-def prediction_errors(model: DynamicsModel, batch: Transition) -> tuple[Scalar, Scalar]:
-    """Mean squared error of the model's mean prediction of $s'$ and $r$ on real data."""
-    next_obs, reward = jax.vmap(model)(batch.observation, batch.action)
+def prediction_errors(
+    model: DynamicsModel, batch: Transition, config: AgentConfig
+) -> tuple[Scalar, Scalar]:
+    """Mean squared error of the model's mean prediction of $s'$ and $r$ on real data (as
+    the agent uses it: bounded when `config.bound_predictions`)."""
+    next_obs, reward = model_predictions(model, batch, config)
     return (
         jnp.mean(jnp.sum((next_obs - batch.next_observation) ** 2, axis=-1)),
         jnp.mean((reward - batch.reward) ** 2),
@@ -171,7 +206,7 @@ def omd_model_loss(model, solve_q, state, batch, key, config):
 def mle_model_loss(model, solve_q, state, batch, key, config):
     """MLE: next-observation and reward MSE (Gaussian NLL for a Gaussian model)."""
     del solve_q, state, key
-    next_obs, reward = jax.vmap(model)(batch.observation, batch.action)
+    next_obs, reward = model_predictions(model, batch, config)
     if model.log_std is None:
         loss = jnp.mean((next_obs - batch.next_observation) ** 2) + jnp.mean(
             (reward - batch.reward) ** 2
@@ -189,7 +224,7 @@ def vep_model_loss(model, solve_q, state, batch, key, config):
     reward MSE."""
     del solve_q
     ensemble: ValueEnsemble = state.value_ensemble
-    next_obs, reward = model_transitions(model, batch, key)
+    next_obs, reward = model_predictions(model, batch, config, key)
     predicted = jax.vmap(ensemble)(next_obs)
     real = jax.vmap(ensemble)(batch.next_observation)
     value_loss = jnp.mean(jnp.sum((predicted - real) ** 2, axis=-1))

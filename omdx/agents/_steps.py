@@ -179,7 +179,7 @@ def agent_step(
 
     # On the model before its step: the same forward pass as the model loss's (shared after
     # compilation), where the updated model's would cost a pass of its own.
-    model_error, reward_error = prediction_errors(state.model, batch)
+    model_error, reward_error = prediction_errors(state.model, batch, config)
     if config.agent == "omd":  # its own loss is the real-data loss of the new Q
         q_real_loss = own_loss
     else:
