@@ -729,8 +729,8 @@ def _divergence(returns, metrics, seeds, steps, labels=None) -> tuple[str | None
         when = f"({each})"
     message = (
         f"Training produced a non-finite `{first[0]}` for {where} {when}. "
-        "Lower the learning rates, or for the Neumann adjoint lower `adjoint_scale` below "
-        "1/(largest Hessian eigenvalue). The error's `result` holds every run up to the last "
-        "evaluation made, and `diverged` marks these."
+        "Lower the learning rates; for OMD, try `bound_predictions=True`; for the Neumann "
+        "adjoint, lower `adjoint_scale` below 1/(largest Hessian eigenvalue). The error's "
+        "`result` holds every run up to the last evaluation made, and `diverged` marks these."
     )
     return message, diverged
