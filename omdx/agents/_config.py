@@ -138,8 +138,8 @@ AgentConfig.__init__.__doc__ = r"""**Arguments:**
 - `bound_predictions`: squash the model's next-observation predictions, wherever they
     are used (Bellman targets, every model loss, the `model_error` metric), into the box
     spanned by the batch's real observations ([`omdx.agents.bound_to_batch`][]), so that
-    the Q-network's bootstrap targets never come from states it is not trained on.
-    `False` (the paper's) leaves them unbounded.
+    the Q-network's bootstrap targets stay, in every dimension, within the range of the
+    states it is trained on. `False` (the paper's) leaves them unbounded.
 - `q_weight_decay`: an L2 penalty $\frac{\mu}{2}\|\varphi\|^2$ added to the inner
     (model-data) loss. ReLU networks are invariant to rescaling a hidden unit's input and
     output weights, so without it the inner Hessian is singular at every solution and the

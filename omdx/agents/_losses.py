@@ -90,7 +90,18 @@ def bound_to_batch(
     Per dimension, with $c$ and $h$ the centre and half-width of the range of the batch's
     observations and next observations, $\hat s' \mapsto c + h \tanh((\hat s' - c) / h)$:
     smooth and increasing (so gradients still reach the model), the identity to first
-    order at the centre, and never outside the states the Q-network is trained on.
+    order at the centre, and in no dimension outside the range of the states the
+    Q-network is trained on. (The box is per dimension: a point inside it may still
+    combine values no real state has.)
+
+    **Arguments:**
+
+    - `next_observation`: predicted next observations, one row per transition.
+    - `batch`: the real transitions whose observations and next observations span the box.
+
+    **Returns:**
+
+    The predictions squashed into the box, with the shape of `next_observation`.
     """
     observed = jnp.concatenate([batch.observation, batch.next_observation])
     low, high = jnp.min(observed, axis=0), jnp.max(observed, axis=0)
@@ -107,9 +118,21 @@ def model_predictions(
     config: AgentConfig,
     key: PRNGKeyArray | None = None,
 ) -> tuple[Float[Array, "batch obs"], Float[Array, " batch"]]:
-    r"""The model's $(\hat s', \hat r)$ at the real $(s, a)$ of the batch: its mean, or with
-    `key` a sample; bounded by [`omdx.agents.bound_to_batch`][] when
-    `config.bound_predictions`. Every loss and metric reads the model through this."""
+    r"""The model's $(\hat s', \hat r)$ at the real $(s, a)$ of the batch. Every loss and
+    metric reads the model through this.
+
+    **Arguments:**
+
+    - `model`: the [`omdx.agents.DynamicsModel`][].
+    - `batch`: real transitions; their observations and actions are the model's inputs.
+    - `config`: the [`omdx.agents.AgentConfig`][]; with `bound_predictions` the next
+        observations are squashed by [`omdx.agents.bound_to_batch`][].
+    - `key`: `None` for the model's mean; a PRNG key for a (reparametrised) sample.
+
+    **Returns:**
+
+    `(next_observation, reward)`, batched.
+    """
     if key is None:
         next_obs, reward = jax.vmap(model)(batch.observation, batch.action)
     else:
