@@ -44,10 +44,11 @@ def probe(agent, buffer, key, config, x_threshold: float, theta_threshold: float
     import jax.numpy as jnp
 
     import omdx
-    from omdx.agents._losses import state_value
+    from omdx.agents import model_predictions, state_value
 
     batch = omdx.buffer_sample(buffer, key, PROBE_TRANSITIONS)
-    model_next, _ = jax.vmap(agent.model)(batch.observation, batch.action)
+    # The next states as the agent uses them (bounded if its config bounds them).
+    model_next, _ = model_predictions(agent.model, batch, config)
 
     def value(observations):
         return state_value(jax.vmap(agent.q_target)(observations), config)
