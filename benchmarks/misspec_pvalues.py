@@ -64,16 +64,25 @@ def permutation_p_value(a: np.ndarray, b: np.ndarray, samples: int = 200_000) ->
     return float(np.mean(np.abs(diffs) >= observed - 1e-9))
 
 
+def format_p(p: float) -> str:
+    """A p-value to three decimals, or "< 0.001" where three decimals would show zero."""
+    return "< 0.001" if p < 0.0005 else f"{p:.3f}"
+
+
 def merged_final_returns(paths) -> dict:
-    """`final_returns` of several CSVs pooled; a setting and agent in two of them is an
-    error (which would be meant?)."""
+    """`final_returns` of several CSVs pooled. A setting and agent in two of them is an
+    error (which would be meant?), unless both hold the same per-seed final returns: a
+    deterministic rerun of the same run, kept beside another setting of its study."""
     merged, source = {}, {}
     for path in paths:
         for key, values in final_returns(path).items():
+            if key in merged and np.array_equal(merged[key], values):
+                continue
             if key in merged:
                 raise ValueError(
                     f"model_hidden={key[0]}, distractors={key[1]}, agent {key[2]!r} is in both "
-                    f"{source[key]} and {path}: pool only CSVs of different agents or settings."
+                    f"{source[key]} and {path} with different final returns: pool only CSVs of "
+                    "different agents or settings."
                 )
             merged[key], source[key] = values, path
     return merged
@@ -111,7 +120,7 @@ def main():
             p = permutation_p_value(first, second)
             lines.append(
                 f"| {name} | {hidden} | {distractors} | {first.mean():.1f} | "
-                f"{second.mean():.1f} | {first.mean() - second.mean():+.1f} | {p:.3f} |"
+                f"{second.mean():.1f} | {first.mean() - second.mean():+.1f} | {format_p(p)} |"
             )
     text = "\n".join(lines)
     print(text)

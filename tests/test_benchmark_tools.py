@@ -1,0 +1,85 @@
+"""The study tools under `benchmarks/` that turn result CSVs into tables: pooling,
+divergence counts and permutation p-values (on small hand-made CSVs)."""
+
+import csv
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
+import misspec_pvalues  # noqa: E402
+import misspec_summary  # noqa: E402
+
+
+def _write_study(path, runs, steps=(1000, 2000)):
+    """`runs`: `{(agent, hidden, distractors): {seed: return}}`, one constant curve each."""
+    fields = ["agent", "model_hidden", "distractors", "seed", "step", "eval_return"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        for (agent, hidden, distractors), seeds in runs.items():
+            for seed, value in seeds.items():
+                for step in steps:
+                    writer.writerow(
+                        dict(
+                            agent=agent,
+                            model_hidden=hidden,
+                            distractors=distractors,
+                            seed=seed,
+                            step=step,
+                            eval_return=value,
+                        )
+                    )
+    return path
+
+
+def test_permutation_p_value_exact():
+    # Fully separated groups of 3: only the observed split and its mirror are as extreme,
+    # 2 of the C(6, 3) = 20 relabellings.
+    p = misspec_pvalues.permutation_p_value(np.array([10.0, 11, 12]), np.array([0.0, 1, 2]))
+    assert p == pytest.approx(2 / 20)
+    assert misspec_pvalues.permutation_p_value(np.array([1.0, 2]), np.array([1.0, 2])) == 1.0
+
+
+def test_merge_accepts_identical_reruns_and_rejects_conflicts(tmp_path):
+    mle = {("mle", 3, 0): {0: 100.0, 1: 200.0}}
+    first = _write_study(tmp_path / "a.csv", {**mle, ("omd", 3, 0): {0: 50.0, 1: 60.0}})
+    rerun = _write_study(tmp_path / "b.csv", {**mle, ("vep", 3, 0): {0: 5.0, 1: 6.0}})
+    merged = misspec_pvalues.merged_final_returns([first, rerun])
+    assert sorted(merged) == [(3, 0, "mle"), (3, 0, "omd"), (3, 0, "vep")]
+    np.testing.assert_array_equal(merged[(3, 0, "mle")], [100.0, 200.0])
+    conflict = _write_study(tmp_path / "c.csv", {("mle", 3, 0): {0: 100.0, 1: 201.0}})
+    with pytest.raises(ValueError, match="different final returns"):
+        misspec_pvalues.merged_final_returns([first, conflict])
+
+
+def test_summary_counts_missing_seeds_as_diverged(tmp_path):
+    path = _write_study(
+        tmp_path / "study.csv",
+        {
+            ("mle", 2, 0): {0: 10.0, 1: 20.0, 2: 30.0, 3: 40.0},
+            ("omd", 2, 0): {0: 100.0, 2: 300.0},  # seeds 1 and 3 diverged
+            ("omd", 32, 5): {0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0},
+        },
+    )
+    finals = misspec_pvalues.merged_final_returns([path])
+    summary = misspec_summary.summarise(finals, seeds=4, agents=["mle", "omd"], reference="mle")
+    mean, half, values, diverged, p = summary[(2, 0, "omd")]
+    assert (mean, diverged) == (200.0, 2)
+    np.testing.assert_array_equal(values, [100.0, 300.0])
+    # 12.706 (t quantile, 1 degree of freedom) * std(ddof=1) / sqrt(2)
+    assert half == pytest.approx(12.706 * np.std([100.0, 300.0], ddof=1) / np.sqrt(2))
+    # Of the C(6, 2) = 15 ways to pick OMD's two seeds from the six returns, only the
+    # observed one ({100, 300}) is as far from the rest.
+    assert p == pytest.approx(1 / 15)
+    assert summary[(2, 0, "mle")][4] is None  # no p-value against itself
+    assert summary[(32, 5, "omd")][4] is None  # no reference run in that setting
+    table = misspec_summary.markdown(summary, ["mle", "omd"], "mle")
+    assert "| 2 | 0 | 25.0 ± " in table
+    assert "200.0 ± 1270.6 (2 diverged)" in table
+    assert "| 32 | 5 | - | 2.5 ± 2.1 | - |" in table  # no MLE run there: no p-value
+    with pytest.raises(ValueError, match="more than --seeds 3"):
+        misspec_summary.summarise(finals, seeds=3, agents=["mle"], reference="mle")
