@@ -58,7 +58,11 @@ def main():
         help="every arm squashes its model's next-state predictions into the box of the "
         "batch's real states (labelled e.g. omd-bounded)",
     )
-    parser.add_argument("--x64", action="store_true")
+    parser.add_argument(
+        "--x64",
+        action="store_true",
+        help="float64, as the paper's code (default float32; arms labelled e.g. omd-x64)",
+    )
     parser.add_argument(
         "--cpu-devices",
         type=int,
@@ -84,9 +88,11 @@ def main():
     from omdx._report import markdown_table, plot_curves, run_summary, write_csv
 
     settings = [(h, 0) for h in args.hidden] + [(32, d) for d in args.distractors if d > 0]
-    bounded_suffix = "-bounded" if args.bound_predictions else ""
+    # Arms trained differently from the study's defaults are labelled, so that their CSV
+    # pools with the defaults' as separate arms (same seeds, comparable by the p-value tools).
+    suffix = ("-bounded" if args.bound_predictions else "") + ("-x64" if args.x64 else "")
     arms = [  # (label, agent, likelihood weight)
-        ((agent if weight == 0 else f"{agent}-beta{weight:g}") + bounded_suffix, agent, weight)
+        ((agent if weight == 0 else f"{agent}-beta{weight:g}") + suffix, agent, weight)
         for agent in args.agents
         for weight in ([0.0] if agent == "mle" else args.likelihood_weight)
     ]
@@ -107,11 +113,14 @@ def main():
             else ""
         )
         + (" --bound-predictions" if args.bound_predictions else "")
+        + (f" --adjoint {args.adjoint}" if args.adjoint != "identity" else "")
+        + (" --x64" if args.x64 else "")
         + "`: "
         f"per agent, the final return (mean of the last {FINAL_EVALS} evaluations of each seed, "
         f"10 greedy episodes each) and the mean return over the whole run (area under the "
         f"curve), mean ± 95% interval over {args.seeds} seeds, after {args.steps} environment "
         f"steps, adjoint `{args.adjoint}`, K = {args.inner_steps} inner steps, "
+        f"{'float64' if args.x64 else 'float32'}, "
         f"jax {jax.__version__} on "
         f"{jax.devices()[0].platform}, omdx at commit {_commit()}; `s` is the wall-clock "
         "seconds of each run (all seeds, "
@@ -166,6 +175,7 @@ def main():
                             "agent": label,
                             "likelihood_weight": weight,
                             "bound_predictions": args.bound_predictions,
+                            "x64": args.x64,
                             "model_hidden": hidden,
                             "distractors": distractors,
                             "seed": int(seed),
