@@ -182,6 +182,10 @@ def main():
                             "step": int(step),
                             "eval_return": float(result.eval_returns[i, j]),
                             "model_error": float(result.metrics["model_error"][i, j]),
+                            # Bellman losses on model and on real transitions: where a
+                            # run's Q-function blows up, without overflowing, they show it.
+                            "q_model_loss": float(result.metrics["q_model_loss"][i, j]),
+                            "q_real_loss": float(result.metrics["q_real_loss"][i, j]),
                         }
                     )
             print(
