@@ -22,6 +22,7 @@ import csv
 import pathlib
 import shlex
 import sys
+from typing import NamedTuple
 
 import numpy as np
 from misspec_pvalues import FINAL_EVALS, format_p, merged_final_returns, permutation_p_value
@@ -29,21 +30,48 @@ from misspec_pvalues import FINAL_EVALS, format_p, merged_final_returns, permuta
 
 # Arms in this order when present (others follow, sorted): the reference first.
 PREFERRED_ORDER = ("mle", "omd", "omd-bounded", "vep", "vep-bounded")
+# A seed whose real-data Bellman loss ends above this has blown up: returns near 500 come
+# with losses of tens, and in float32 such a seed overflows, in float64 it runs on.
+BLOWUP_LOSS = 1e6
 
 
-def _last_steps(paths) -> set[int]:
-    """The last evaluation step of every (setting, agent, seed) curve in the CSVs."""
-    last = {}
+class ArmSummary(NamedTuple):
+    """One arm in one setting. `blown_up` is `None` where the CSV has no Q losses."""
+
+    mean: float
+    half_width: float
+    finals: np.ndarray
+    diverged: int
+    blown_up: int | None
+    p: float | None
+
+
+def curve_ends(paths) -> dict:
+    """`{(model_hidden, distractors, agent, seed): (last step, real-data Bellman loss
+    there or None)}` over the CSVs."""
+    ends = {}
     for path in paths:
         with open(path) as f:
             for row in csv.DictReader(f):
-                key = (path, row["model_hidden"], row["distractors"], row["agent"], row["seed"])
-                last[key] = max(last.get(key, 0), int(row["step"]))
-    return set(last.values())
+                key = (int(row["model_hidden"]), int(row["distractors"]), row["agent"])
+                key += (int(row["seed"]),)
+                step = int(row["step"])
+                if key not in ends or step > ends[key][0]:
+                    loss = row.get("q_real_loss")
+                    ends[key] = (step, float(loss) if loss not in (None, "") else None)
+    return ends
 
 
-def summarise(finals: dict, seeds: int, agents: list[str], reference: str):
-    """Per setting and agent: `(mean, half-width, finals, diverged, p vs reference)`."""
+def summarise(
+    finals: dict,
+    seeds: int,
+    agents: list[str],
+    reference: str,
+    ends: dict | None = None,
+    blowup_loss: float = BLOWUP_LOSS,
+) -> dict:
+    """`{(model_hidden, distractors, agent): ArmSummary}`; `ends` from `curve_ends` gives
+    each seed's final Bellman loss, to count those above `blowup_loss`."""
     from omdx._report import mean_and_interval
 
     summary = {}
@@ -62,7 +90,17 @@ def summarise(finals: dict, seeds: int, agents: list[str], reference: str):
             p = None
             if agent != reference and reference_values is not None and len(values) > 0:
                 p = permutation_p_value(values, reference_values)
-            summary[(hidden, distractors, agent)] = (mean, half, values, seeds - len(values), p)
+            losses = [
+                loss
+                for (h, d, a, _), (_, loss) in (ends or {}).items()
+                if (h, d, a) == (hidden, distractors, agent)
+            ]
+            blown_up = None
+            if losses and None not in losses:
+                blown_up = sum(loss > blowup_loss for loss in losses)
+            summary[(hidden, distractors, agent)] = ArmSummary(
+                mean, half, values, seeds - len(values), blown_up, p
+            )
     return summary
 
 
@@ -86,16 +124,17 @@ def markdown(summary, agents: list[str], reference: str) -> str:
             if entry is None:
                 cells += ["-"] + (["-"] if agent != reference else [])
                 continue
-            mean, half, _, diverged, p = entry
-            if np.isnan(half):
-                cell = f"{mean:.1f}"
-            else:
-                cell = f"{mean:.1f} ± {half:.1f}"
-            if diverged:
-                cell += f" ({diverged} diverged)"
+            cell = f"{entry.mean:.1f}"
+            if not np.isnan(entry.half_width):
+                cell += f" ± {entry.half_width:.1f}"
+            notes = [f"{entry.diverged} diverged"] if entry.diverged else []
+            if entry.blown_up:
+                notes.append(f"{entry.blown_up} blown up")
+            if notes:
+                cell += f" ({', '.join(notes)})"
             cells.append(cell)
             if agent != reference:
-                cells.append("-" if p is None else format_p(p))
+                cells.append("-" if entry.p is None else format_p(entry.p))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -118,7 +157,7 @@ def plot(path, summary, agents: list[str], title: str):
             entry = summary.get((*setting, agent))
             if entry is None:
                 continue
-            mean, half, values, diverged, _ = entry
+            mean, half, values, diverged = entry[:4]
             x = i + (k - (len(agents) - 1) / 2) * width
             jitter = rng.uniform(-0.25, 0.25, len(values)) * width
             ax.scatter(x + jitter, values, s=9, color=colour, alpha=0.45, linewidths=0)
@@ -160,12 +199,20 @@ def main():
         "--agents", nargs="+", default=None, help="arms to show, in order (default: all)"
     )
     parser.add_argument("--reference", default="mle", help="the arm the p-values compare to")
+    parser.add_argument(
+        "--blowup-loss",
+        type=float,
+        default=BLOWUP_LOSS,
+        help="a finite seed whose final real-data Bellman loss exceeds this is counted as "
+        "blown up (CSVs with Q losses only)",
+    )
     parser.add_argument("--title", default="CartPole-v1: final return by setting")
     parser.add_argument("--out", required=True, help="output prefix: writes OUT.md and OUT.png")
     args = parser.parse_args()
     if args.seeds < 1:
         parser.error(f"--seeds must be positive, got {args.seeds}")
-    steps = _last_steps(args.csv)
+    ends = curve_ends(args.csv)
+    steps = {step for step, _ in ends.values()}
     if len(steps) > 1:
         parser.error(
             f"the CSVs' runs end at different steps ({sorted(steps)}): pool one study's CSVs"
@@ -182,7 +229,7 @@ def main():
     unknown = [agent for agent in agents if agent not in present]
     if unknown:
         parser.error(f"--agents {unknown} are in none of the CSVs (they hold {sorted(present)})")
-    summary = summarise(finals, args.seeds, agents, args.reference)
+    summary = summarise(finals, args.seeds, agents, args.reference, ends, args.blowup_loss)
     table = markdown(summary, agents, args.reference)
     out = pathlib.Path(args.out)
     plot(f"{out}.png", summary, agents, args.title)
@@ -190,7 +237,7 @@ def main():
     diverged = {agent: 0 for agent in agents}
     started = {agent: 0 for agent in agents}
     for (_, _, agent), entry in summary.items():
-        diverged[agent] += entry[3]
+        diverged[agent] += entry.diverged
         started[agent] += args.seeds
     counts = ", ".join(f"{agent} {diverged[agent]} of {started[agent]}" for agent in agents)
     text = (
@@ -199,7 +246,10 @@ def main():
         + f"`: {runs} runs of {args.seeds} seeds, each ending at step {steps.pop()}. Final "
         f"return = mean of a seed's last {FINAL_EVALS} evaluations; mean ± 95% interval over "
         "the seeds that stayed finite; p = two-sided exact permutation test on the per-seed "
-        f"final returns against {args.reference}. Seeds that diverged: {counts}.\n\n"
+        f"final returns against {args.reference}. Seeds that diverged (a non-finite value "
+        f"stopped them): {counts}. Where the CSV has the Q losses, a finite seed whose "
+        f"Bellman loss on real transitions ended above {args.blowup_loss:g} is counted as "
+        "blown up (it is in the statistics).\n\n"
         f"![final return]({out.name}.png)\n\n" + table + "\n"
     )
     pathlib.Path(f"{out}.md").write_text(text)

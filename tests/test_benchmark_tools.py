@@ -14,25 +14,32 @@ import misspec_pvalues  # noqa: E402
 import misspec_summary  # noqa: E402
 
 
-def _write_study(path, runs, steps=(1000, 2000)):
-    """`runs`: `{(agent, hidden, distractors): {seed: return}}`, one constant curve each."""
+def _write_study(path, runs, steps=(1000, 2000), q_real_loss=None):
+    """`runs`: `{(agent, hidden, distractors): {seed: return}}`, one constant curve each;
+    `q_real_loss`: `{(agent, hidden, distractors, seed): loss}` for a Q-loss column (1.0
+    where not given)."""
     fields = ["agent", "model_hidden", "distractors", "seed", "step", "eval_return"]
+    if q_real_loss is not None:
+        fields.append("q_real_loss")
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fields)
         writer.writeheader()
         for (agent, hidden, distractors), seeds in runs.items():
             for seed, value in seeds.items():
                 for step in steps:
-                    writer.writerow(
-                        dict(
-                            agent=agent,
-                            model_hidden=hidden,
-                            distractors=distractors,
-                            seed=seed,
-                            step=step,
-                            eval_return=value,
-                        )
+                    row = dict(
+                        agent=agent,
+                        model_hidden=hidden,
+                        distractors=distractors,
+                        seed=seed,
+                        step=step,
+                        eval_return=value,
                     )
+                    if q_real_loss is not None:
+                        row["q_real_loss"] = q_real_loss.get(
+                            (agent, hidden, distractors, seed), 1.0
+                        )
+                    writer.writerow(row)
     return path
 
 
@@ -67,19 +74,34 @@ def test_summary_counts_missing_seeds_as_diverged(tmp_path):
     )
     finals = misspec_pvalues.merged_final_returns([path])
     summary = misspec_summary.summarise(finals, seeds=4, agents=["mle", "omd"], reference="mle")
-    mean, half, values, diverged, p = summary[(2, 0, "omd")]
-    assert (mean, diverged) == (200.0, 2)
-    np.testing.assert_array_equal(values, [100.0, 300.0])
+    omd = summary[(2, 0, "omd")]
+    assert (omd.mean, omd.diverged, omd.blown_up) == (200.0, 2, None)  # no Q losses
+    np.testing.assert_array_equal(omd.finals, [100.0, 300.0])
     # 12.706 (t quantile, 1 degree of freedom) * std(ddof=1) / sqrt(2)
-    assert half == pytest.approx(12.706 * np.std([100.0, 300.0], ddof=1) / np.sqrt(2))
+    assert omd.half_width == pytest.approx(12.706 * np.std([100.0, 300.0], ddof=1) / np.sqrt(2))
     # Of the C(6, 2) = 15 ways to pick OMD's two seeds from the six returns, only the
     # observed one ({100, 300}) is as far from the rest.
-    assert p == pytest.approx(1 / 15)
-    assert summary[(2, 0, "mle")][4] is None  # no p-value against itself
-    assert summary[(32, 5, "omd")][4] is None  # no reference run in that setting
+    assert omd.p == pytest.approx(1 / 15)
+    assert summary[(2, 0, "mle")].p is None  # no p-value against itself
+    assert summary[(32, 5, "omd")].p is None  # no reference run in that setting
     table = misspec_summary.markdown(summary, ["mle", "omd"], "mle")
     assert "| 2 | 0 | 25.0 ± " in table
     assert "200.0 ± 1270.6 (2 diverged)" in table
     assert "| 32 | 5 | - | 2.5 ± 2.1 | - |" in table  # no MLE run there: no p-value
     with pytest.raises(ValueError, match="more than --seeds 3"):
         misspec_summary.summarise(finals, seeds=3, agents=["mle"], reference="mle")
+
+
+def test_summary_counts_seeds_whose_final_q_loss_blew_up(tmp_path):
+    runs = {("vep-x64", 4, 0): {0: 495.0, 1: 9.3, 2: 9.4}}
+    losses = {("vep-x64", 4, 0, 1): 1e13, ("vep-x64", 4, 0, 2): 2e6}
+    path = _write_study(tmp_path / "x64.csv", runs, q_real_loss=losses)
+    ends = misspec_summary.curve_ends([path])
+    assert ends[(4, 0, "vep-x64", 1)] == (2000, 1e13)
+    finals = misspec_pvalues.merged_final_returns([path])
+    arm = misspec_summary.summarise(finals, 3, ["vep-x64"], "mle", ends)[(4, 0, "vep-x64")]
+    assert (arm.diverged, arm.blown_up) == (0, 2)
+    strict = misspec_summary.summarise(finals, 3, ["vep-x64"], "mle", ends, blowup_loss=1e7)
+    assert strict[(4, 0, "vep-x64")].blown_up == 1
+    table = misspec_summary.markdown(strict, ["vep-x64"], "mle")
+    assert "(1 blown up)" in table
