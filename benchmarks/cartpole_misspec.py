@@ -39,7 +39,14 @@ def main():
         type=int,
         nargs="*",
         default=[5, 10, 20],
-        help="distractor counts (with the full 32-unit model); `--distractors` alone runs none",
+        help="distractor counts (with the --distractor-hidden model); `--distractors` alone "
+        "runs none",
+    )
+    parser.add_argument(
+        "--distractor-hidden",
+        type=int,
+        default=32,
+        help="the model hidden size of the distractor settings (default 32, the full model)",
     )
     parser.add_argument("--agents", nargs="+", default=["omd", "mle", "vep"])
     parser.add_argument("--adjoint", default="identity")
@@ -87,7 +94,10 @@ def main():
     import omdx
     from omdx._report import markdown_table, plot_curves, run_summary, write_csv
 
-    settings = [(h, 0) for h in args.hidden] + [(32, d) for d in args.distractors if d > 0]
+    if args.distractor_hidden < 1:
+        parser.error(f"--distractor-hidden must be positive, got {args.distractor_hidden}")
+    settings = [(h, 0) for h in args.hidden]
+    settings += [(args.distractor_hidden, d) for d in args.distractors if d > 0]
     # Arms trained differently from the study's defaults are labelled, so that their CSV
     # pools with the defaults' as separate arms (same seeds, comparable by the p-value tools).
     suffix = ("-bounded" if args.bound_predictions else "") + ("-x64" if args.x64 else "")
@@ -105,7 +115,9 @@ def main():
         "# CartPole misspecification study\n\n"
         f"`python benchmarks/cartpole_misspec.py --steps {args.steps} --seeds {args.seeds} "
         f"--hidden {' '.join(map(str, args.hidden))} --distractors "
-        f"{' '.join(map(str, args.distractors))} --agents {' '.join(args.agents)} "
+        f"{' '.join(map(str, args.distractors))} "
+        + (f"--distractor-hidden {args.distractor_hidden} " if args.distractor_hidden != 32 else "")
+        + f"--agents {' '.join(args.agents)} "
         f"--inner-steps {args.inner_steps}"
         + (
             f" --likelihood-weight {' '.join(f'{w:g}' for w in args.likelihood_weight)}"
