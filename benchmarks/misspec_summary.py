@@ -173,15 +173,20 @@ def plot(path, summary, agents: list[str], title: str):
                     label=None if labelled else agent,
                 )
                 labelled = True
-            if diverged:
-                ax.text(x, -12, f"{diverged}×", ha="center", va="top", fontsize=7, color=colour)
+            marks = (f"{diverged}×" if diverged else "") + (
+                f"{entry.blown_up}↑" if entry.blown_up else ""
+            )
+            if marks:
+                ax.text(x, -12, marks, ha="center", va="top", fontsize=7, color=colour)
     ax.axhline(0, color="0.6", linewidth=0.6)
     ax.set_xticks(
         np.arange(len(settings)), [f"h={h}" + (f"\nd={d}" if d else "") for h, d in settings]
     )
     ax.set_ylim(-45, None)
     ax.set_ylabel(f"final return (mean of last {FINAL_EVALS} evaluations)")
-    ax.set_title(title + "\n(dots: seeds; n×: seeds that diverged)", fontsize=10)
+    blown_up = any(entry.blown_up for entry in summary.values())
+    legend = "dots: seeds; n×: seeds that diverged" + ("; n↑: blown up" if blown_up else "")
+    ax.set_title(f"{title}\n({legend})", fontsize=10)
     ax.legend(fontsize=8, ncol=len(agents), loc="upper center", bbox_to_anchor=(0.5, -0.16))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
