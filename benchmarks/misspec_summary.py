@@ -9,8 +9,8 @@ finite, the number that diverged, and the p-value of each arm against the refere
 agent) and `OUT.png`.
 
     cd benchmarks/results
-    python ../misspec_summary.py --seeds 10 --out cartpole_misspec_full_k1_summary \
-        cartpole_misspec_full_k1*.csv
+    python ../misspec_summary.py --seeds 10 --agents mle omd omd-bounded vep vep-bounded \
+        --out cartpole_misspec_full_k1_summary cartpole_misspec_full_k1*.csv
 
 A seed missing from a CSV is one that diverged (`cartpole_misspec.py` writes only the
 seeds that stayed finite), so `--seeds` must be the number each run started with; an
@@ -157,15 +157,14 @@ def plot(path, summary, agents: list[str], title: str):
             entry = summary.get((*setting, agent))
             if entry is None:
                 continue
-            mean, half, values, diverged = entry[:4]
             x = i + (k - (len(agents) - 1) / 2) * width
-            jitter = rng.uniform(-0.25, 0.25, len(values)) * width
-            ax.scatter(x + jitter, values, s=9, color=colour, alpha=0.45, linewidths=0)
-            if len(values):
+            jitter = rng.uniform(-0.25, 0.25, len(entry.finals)) * width
+            ax.scatter(x + jitter, entry.finals, s=9, color=colour, alpha=0.45, linewidths=0)
+            if len(entry.finals):
                 ax.errorbar(
                     x,
-                    mean,
-                    yerr=None if np.isnan(half) else half,
+                    entry.mean,
+                    yerr=None if np.isnan(entry.half_width) else entry.half_width,
                     fmt="o",
                     color=colour,
                     markersize=5,
@@ -173,7 +172,7 @@ def plot(path, summary, agents: list[str], title: str):
                     label=None if labelled else agent,
                 )
                 labelled = True
-            marks = (f"{diverged}×" if diverged else "") + (
+            marks = (f"{entry.diverged}×" if entry.diverged else "") + (
                 f"{entry.blown_up}↑" if entry.blown_up else ""
             )
             if marks:
