@@ -172,8 +172,9 @@ def plot(path, summary, agents: list[str], title: str):
                     label=None if labelled else agent,
                 )
                 labelled = True
-            marks = (f"{entry.diverged}×" if entry.diverged else "") + (
-                f"{entry.blown_up}↑" if entry.blown_up else ""
+            marks = " ".join(
+                [f"{entry.diverged}×"] * bool(entry.diverged)
+                + [f"{entry.blown_up}↑"] * bool(entry.blown_up)
             )
             if marks:
                 ax.text(x, -12, marks, ha="center", va="top", fontsize=7, color=colour)
