@@ -50,6 +50,20 @@ def compile_fn(name: str, fn: Callable, *args) -> Compiled:
     return Compiled(name, lambda: compiled(*args), temp, output)
 
 
+def xla_flops(fn: Callable, *args) -> float:
+    """XLA's FLOP count of `fn(*args)` compiled, the non-array leaves of `args` static.
+
+    XLA counts a loop body once, so this is exact only where every loop runs once.
+    """
+    import equinox as eqx
+
+    arrays, static = eqx.partition(args, eqx.is_array)
+    compiled = jax.jit(lambda a: fn(*eqx.combine(a, static))).lower(arrays).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost["flops"])
+
+
 def time_round_robin(
     fns: Sequence[Callable[[], Any]], repeats: int, warmup: int = 1
 ) -> list[list[float]]:

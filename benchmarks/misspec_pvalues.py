@@ -27,20 +27,35 @@ import numpy as np
 FINAL_EVALS = 5
 
 
-def final_returns(path) -> dict:
-    """`{(model_hidden, distractors, agent): per-seed final returns}` from one CSV."""
+def read_curves(path) -> dict:
+    """`{(model_hidden, distractors, agent): {seed: [(step, return, real-data Bellman loss
+    or None), ...] in step order}}` from one CSV written by `cartpole_misspec.py` (older
+    CSVs have no loss column)."""
     curves = {}
     with open(path) as f:
         for row in csv.DictReader(f):
             key = (int(row["model_hidden"]), int(row["distractors"]), row["agent"])
-            seed_curve = curves.setdefault(key, {}).setdefault(int(row["seed"]), [])
-            seed_curve.append((int(row["step"]), float(row["eval_return"])))
-    finals = {}
-    for key, seeds in curves.items():
-        finals[key] = np.array(
-            [np.mean([r for _, r in sorted(c)[-FINAL_EVALS:]]) for _, c in sorted(seeds.items())]
+            loss = row.get("q_real_loss")
+            point = (
+                int(row["step"]),
+                float(row["eval_return"]),
+                float(loss) if loss not in (None, "") else None,
+            )
+            curves.setdefault(key, {}).setdefault(int(row["seed"]), []).append(point)
+    for seeds in curves.values():
+        for curve in seeds.values():
+            curve.sort(key=lambda point: point[0])
+    return curves
+
+
+def final_returns(path) -> dict:
+    """`{(model_hidden, distractors, agent): per-seed final returns}` from one CSV."""
+    return {
+        key: np.array(
+            [np.mean([r for _, r, _ in curve[-FINAL_EVALS:]]) for _, curve in sorted(seeds.items())]
         )
-    return finals
+        for key, seeds in read_curves(path).items()
+    }
 
 
 EXACT_LIMIT = 1_000_000  # relabellings enumerated; beyond, a seeded random sample of them

@@ -18,14 +18,19 @@ arm whose seeds all diverged has no rows, and is not shown.
 """
 
 import argparse
-import csv
 import pathlib
 import shlex
 import sys
 from typing import NamedTuple
 
 import numpy as np
-from misspec_pvalues import FINAL_EVALS, format_p, merged_final_returns, permutation_p_value
+from misspec_pvalues import (
+    FINAL_EVALS,
+    format_p,
+    merged_final_returns,
+    permutation_p_value,
+    read_curves,
+)
 
 
 # Arms in this order when present (others follow, sorted): the reference first.
@@ -49,17 +54,12 @@ class ArmSummary(NamedTuple):
 def curve_ends(paths) -> dict:
     """`{(model_hidden, distractors, agent, seed): (last step, real-data Bellman loss
     there or None)}` over the CSVs."""
-    ends = {}
-    for path in paths:
-        with open(path) as f:
-            for row in csv.DictReader(f):
-                key = (int(row["model_hidden"]), int(row["distractors"]), row["agent"])
-                key += (int(row["seed"]),)
-                step = int(row["step"])
-                if key not in ends or step > ends[key][0]:
-                    loss = row.get("q_real_loss")
-                    ends[key] = (step, float(loss) if loss not in (None, "") else None)
-    return ends
+    return {
+        (*key, seed): curve[-1][::2]
+        for path in paths
+        for key, seeds in read_curves(path).items()
+        for seed, curve in seeds.items()
+    }
 
 
 def summarise(

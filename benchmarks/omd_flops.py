@@ -27,18 +27,14 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
+from _common import xla_flops
 
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 
 def mflops(fn, *args) -> float:
-    """XLA's FLOP count of `fn(*args)` compiled (the non-array parts of `args` static)."""
-    arrays, static = eqx.partition(args, eqx.is_array)
-    compiled = jax.jit(lambda a: fn(*eqx.combine(a, static))).lower(arrays).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost["flops"]) / 1e6
+    return xla_flops(fn, *args) / 1e6
 
 
 def hand_model_gradient(state, batch, config, inner_key):
@@ -100,17 +96,17 @@ def main():
         jr.normal(keys[3], (n, size)),
         jnp.zeros(n, bool),
     )
+    configs = {agent: omdx.AgentConfig(agent=agent) for agent in ("mle", "omd")}
+    states = {agent: omdx.init_agent(keys[4], env, c) for agent, c in configs.items()}
     rows = {}
-    for agent in ("mle", "omd"):
-        config = omdx.AgentConfig(agent=agent)  # OMD: the identity adjoint, K = 1
-        state = omdx.init_agent(keys[4], env, config)
-        arrays, static = eqx.partition(state, eqx.is_array)
+    for agent, config in configs.items():  # OMD: the identity adjoint, K = 1
 
-        def update(arrays, batch, config=config, static=static):
-            new_state, metrics = agent_step(eqx.combine(arrays, static), batch, config)
+        def update(state, batch, config=config):
+            new_state, metrics = agent_step(state, batch, config)
             return eqx.filter(new_state, eqx.is_array), metrics
 
-        rows[f"{agent} update (library)"] = mflops(update, arrays, batch)
+        rows[f"{agent} update (library)"] = mflops(update, states[agent], batch)
+    config, state = configs["omd"], states["omd"]
 
     def library_gradient(state, batch):
         loss, gradient, _ = model_gradient(state, batch, config, keys[5], keys[5])

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from _common import cpu_description
+from _common import cpu_description, xla_flops
 
 
 RESULTS = pathlib.Path(__file__).parent / "results"
@@ -138,8 +138,7 @@ def prepared_updates(env, agent_config, steps: int, batch_size: int):
         return eqx.filter(new_agent, eqx.is_array), metrics
 
     batch = buffer_sample(buffer, key, batch_size)
-    cost = jax.jit(one_update).lower(arrays, batch).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
+    flops = xla_flops(one_update, arrays, batch)
 
     def timed():
         start = time.perf_counter()
@@ -148,7 +147,7 @@ def prepared_updates(env, agent_config, steps: int, batch_size: int):
         return time.perf_counter() - start
 
     timed()  # compilation
-    return timed, float(cost["flops"])
+    return timed, flops
 
 
 def update_costs(env, configs: dict, steps: int, batch_size: int, rounds: int):
