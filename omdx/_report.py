@@ -125,13 +125,19 @@ def mean_and_interval(values: Sequence[float], confidence: float = 0.95) -> tupl
     return mean, half_width
 
 
-def run_summary(result, final_evals: int = 1) -> dict[str, Any]:
+def run_summary(result, final_evals: int = 1, blowup_loss: float | None = None) -> dict[str, Any]:
     """Final return, area under the curve and final model error of a training result, per
     seed and as mean ± 95% interval over seeds.
 
     The final return of a seed is the mean of its last `final_evals` evaluations (one
     evaluation of 10 episodes is noisy); the area under the curve is the trapezoidal mean
     of the evaluation return over the run.
+
+    Where the result has the agents' `q_real_loss` metric, each seed's Bellman loss on
+    real transitions in the last evaluation window is recorded too, and with
+    `blowup_loss` the seeds whose loss ended above it are listed as `blown_up_seeds`. A
+    Q-function that grows without bound stays finite in float64 (or for a while in
+    float32) and its policy collapses; such seeds stay in the statistics, named.
     """
     returns = np.asarray(result.eval_returns, dtype=np.float64)
     steps = np.asarray(result.eval_steps)
@@ -142,7 +148,7 @@ def run_summary(result, final_evals: int = 1) -> dict[str, Any]:
         auc = returns[:, 0]
     final_mean, final_half = mean_and_interval(final)
     auc_mean, auc_half = mean_and_interval(auc)
-    return {
+    summary = {
         "final_return_mean": final_mean,
         "final_return_ci95": final_half,
         "auc_mean": auc_mean,
@@ -152,6 +158,13 @@ def run_summary(result, final_evals: int = 1) -> dict[str, Any]:
         "seeds": np.asarray(result.seeds).tolist(),
         "final_model_error_mean": float(np.mean(result.metrics["model_error"][:, -1])),
     }
+    if "q_real_loss" in result.metrics:
+        final_loss = np.asarray(result.metrics["q_real_loss"], dtype=np.float64)[:, -1]
+        summary["final_q_real_loss_per_seed"] = final_loss.tolist()
+        if blowup_loss is not None:
+            seeds = np.asarray(result.seeds)
+            summary["blown_up_seeds"] = seeds[final_loss > blowup_loss].tolist()
+    return summary
 
 
 class CsvAppender:

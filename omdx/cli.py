@@ -129,6 +129,13 @@ def _add_run_arguments(
         help="when a seed diverges, train the others to the end (default: stop them all at "
         "the end of that chunk)",
     )
+    parser.add_argument(
+        "--blowup-loss",
+        type=float,
+        default=1e6,
+        help="name a seed whose Bellman loss on real transitions ends above this as blown up "
+        "(in the table and summary.json; it stays in the statistics)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--out", default=out, help="output directory")
 
@@ -248,6 +255,8 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
     from ._train import _runs_of, _sweep_points, train, TrainingDiverged
     from ._train_host import train_host
 
+    if not args.blowup_loss > 0:
+        raise ValueError(f"`--blowup-loss` must be a positive number, got {args.blowup_loss}.")
     _use_cpu_devices(args.cpu_devices)
     if args.x64:
         jax.config.update("jax_enable_x64", True)
@@ -314,10 +323,17 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
     for point, mask in zip(points, masks):
         dropped = mask is not None and mask.any()
         finite = _runs_of(point, ~mask) if dropped else point
-        point_summary = run_summary(finite)
+        point_summary = run_summary(finite, blowup_loss=args.blowup_loss)
         if dropped:
             point_summary["diverged_seeds"] = point.seeds[mask].tolist()
             point_summary["last_eval_step"] = int(point.eval_steps[-1])
+        if point_summary.get("blown_up_seeds"):
+            print(
+                f"warning: {agent}: seeds {point_summary['blown_up_seeds']} ended with a "
+                f"Bellman loss on real transitions above --blowup-loss {args.blowup_loss:g}: "
+                "their Q-functions blew up (they stay in the statistics).",
+                file=sys.stderr,
+            )
         summaries.append(point_summary)
         finite_points.append(finite)
     if sweep:
@@ -364,6 +380,9 @@ def _table_rows(agent: str, points: list, summary: dict) -> tuple[list[dict], di
         if "diverged_seeds" in point_summary:
             dropped = ", ".join(map(str, point_summary["diverged_seeds"]))
             final += f" (seed {dropped} diverged by step {point_summary['last_eval_step']})"
+        if point_summary.get("blown_up_seeds"):
+            blown_up = ", ".join(map(str, point_summary["blown_up_seeds"]))
+            final += f" (seed {blown_up} blew up)"
         rows.append(
             {
                 "agent": agent,

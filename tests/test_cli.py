@@ -27,6 +27,8 @@ def test_run_summary_by_hand():
     assert summary["final_return_mean"] == 30.0 and summary["final_return_ci95"] == 0.0
     assert summary["final_model_error_mean"] == 5.0
     assert run_summary(result)["final_return_per_seed"] == [40.0, 30.0]
+    # Without the agents' `q_real_loss` metric there is no loss to flag.
+    assert "blown_up_seeds" not in run_summary(result, blowup_loss=1.0)
 
 
 TINY = "--steps 400 --random-steps 200 --eval-every 200 --eval-episodes 2 --batch-size 32"
@@ -239,3 +241,37 @@ def test_a_diverged_seed_is_reported_apart(tmp_path, capsys, monkeypatch):
     assert "30.0 ± 127.1 (seed 1 diverged by step 400)" in printed.out
     with (out / "metrics.csv").open() as f:  # the stream has every seed, as it came
         assert sorted({int(r["seed"]) for r in csv.DictReader(f)}) == [0, 1, 2]
+
+
+def test_a_blown_up_seed_is_named_and_kept(tmp_path, capsys, monkeypatch):
+    import jax.numpy as jnp
+
+    import omdx._train
+
+    # `train` as it ends when seed 2's Q-function has grown without bound but stayed finite
+    # (no training: the CLI's reading of the result is under test).
+    def blown_up_train(env, agent_config, train_config, *, seeds, on_chunk, **kwargs):
+        steps, returns = np.array([200, 400]), np.array([[10.0, 20.0], [15.0, 40.0], [30.0, 9.0]])
+        q_real_loss = np.array([[1.0, 10.0], [3.0, 2e6], [1e4, 5e11]])
+        metrics = {"q_real_loss": q_real_loss, "model_error": np.ones((3, 2))}
+        state = types.SimpleNamespace(key=jnp.zeros((3, 2), jnp.uint32))
+        return omdx.TrainResult(np.arange(seeds), steps, returns, metrics, state)
+
+    monkeypatch.setattr(omdx._train, "train", blown_up_train)
+    out = tmp_path / "run"
+    argv = ["train", "--agent", "vep", "--seeds", "3", *TINY.split(), "--no-progress"]
+    assert main(argv + ["--blowup-loss", "1e7", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_q_real_loss_per_seed"] == [10.0, 2e6, 5e11]
+    assert summary["blown_up_seeds"] == [2]  # 2e6 is under this threshold
+    assert summary["final_return_per_seed"] == [20.0, 40.0, 9.0]  # kept in the statistics
+    assert "23.0 ± 39.0 (seed 2 blew up)" in printed.out
+    assert "warning: vep: seeds [2] ended with a Bellman loss" in printed.err
+    # The default threshold (1e6) names seed 1 too.
+    assert main(argv + ["--out", str(tmp_path / "default")]) == 0
+    summary = json.loads((tmp_path / "default" / "summary.json").read_text())
+    assert summary["blown_up_seeds"] == [1, 2]
+    with pytest.raises(ValueError, match="`--blowup-loss` must be a positive number"):
+        main(argv + ["--blowup-loss", "0", "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
