@@ -139,7 +139,10 @@ def test_omd_adjoints_agree_at_the_converged_solution(getkey):
         SMALL, adjoint="neumann", adjoint_steps=min(steps, 200_000), adjoint_scale=float(scale)
     )
     cg = dataclasses.replace(SMALL, adjoint="cg", adjoint_steps=4 * flat_q.size)
-    for config in [neumann, cg]:
+    # A budget beyond the dimension: GMRES solves exactly, then meets a (happy) breakdown,
+    # which must not fail the backward pass of a fixed-budget solve.
+    gmres = dataclasses.replace(SMALL, adjoint="gmres", adjoint_steps=4 * flat_q.size)
+    for config in [neumann, cg, gmres]:
         _, grads, _ = model_gradient(state, batch, config, inner_key, model_key)
         flat, _ = ravel_pytree(grads)
         assert np.allclose(flat, direct_flat, rtol=1e-6, atol=1e-9), config.adjoint

@@ -11,7 +11,7 @@ import lineax as lx
 import optax
 from jaxtyping import PRNGKeyArray
 
-from .._adjoint import Damped, Neumann, truncated_cg
+from .._adjoint import _FixedBudget, Damped, Neumann, truncated_cg
 from .._inner import solve_inner
 from .._solvers import GradientSteps
 from .._transition import Transition
@@ -44,7 +44,7 @@ def agent_adjoint(config: AgentConfig) -> lx.AbstractLinearSolver:
         # and its first step only computes the initial residual. A budget of
         # `adjoint_steps` Hessian-vector products (as CG's) is that many Krylov vectors,
         # in cycles of at most 20. rtol = atol = 0 with a step budget: a fixed-budget
-        # solve that reports success.
+        # solve, which reports success even where it solves exactly and then breaks down.
         cycles = -(-config.adjoint_steps // GMRES_RESTART)
         restart = -(-config.adjoint_steps // cycles)
         gmres = lx.GMRES(
@@ -54,7 +54,7 @@ def agent_adjoint(config: AgentConfig) -> lx.AbstractLinearSolver:
             restart=restart,
             stagnation_iters=cycles + 2,
         )
-        return Damped(gmres, config.damping)
+        return Damped(_FixedBudget(gmres), config.damping)
     return Damped(lx.LU(), config.damping)
 
 
