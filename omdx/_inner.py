@@ -8,10 +8,12 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
+import optax
 import optimistix as optx
 from jaxtyping import PyTree
 
 from ._adjoint import AdjointName, resolve_adjoint
+from ._solvers import GradientSteps
 
 
 _SOLVER_TYPES = (
@@ -137,7 +139,10 @@ def solve_inner(
     - `args`: the parameters $\theta$ and any data, passed to `residual`.
     - `solver`: any Optimistix root finder (`optx.Newton`, [`omdx.GradientSteps`][]),
         fixed-point solver (`optx.FixedPointIteration` is value iteration on
-        $y + f(y)$), least-squares solver or minimiser.
+        $y + f(y)$), least-squares solver or minimiser. A least-squares solver or
+        minimiser only finds the root (minimising the residual's norm, where BFGS can
+        stall short of the root of a nonlinear residual); the gradient is then taken at
+        that root through the residual, as for a root finder, with every adjoint.
     - `adjoint`: the backward-pass linear solver: `"direct"` (dense LU), `"gmres"`,
         `"cg"` (needs `symmetric=True`), `"neumann"`, `"identity"`, or any
         `lineax.AbstractLinearSolver` such as [`omdx.Neumann`][] or
@@ -182,6 +187,34 @@ def solve_inner(
             throw=throw,
             tags=tags,
         )
+    if isinstance(solver, (optx.AbstractMinimiser, optx.AbstractLeastSquaresSolver)):
+        # `optx.root_find` hands these to `minimise` / `least_squares`, which differentiate
+        # the optimality condition of a norm of the residual instead of the residual: the
+        # adjoint then sees an untagged operator, a minimiser's gradient comes out zero and
+        # the Neumann-based adjoints get the wrong system. So solve without gradients, then
+        # differentiate at the root found through the residual itself, as for a root finder.
+        found = optx.root_find(
+            residual,
+            solver,
+            _no_gradient(y0),
+            _no_gradient(args),
+            options,
+            has_aux=has_aux,
+            max_steps=max_steps,
+            throw=throw,
+        )
+        at_root = optx.root_find(
+            residual,
+            _ALREADY_SOLVED,
+            found.value,
+            args,
+            has_aux=has_aux,
+            max_steps=1,
+            adjoint=implicit,
+            throw=False,
+            tags=tags,
+        )
+        return eqx.tree_at(lambda solution: solution.value, found, at_root.value)
     return optx.root_find(
         residual,
         solver,
@@ -194,3 +227,11 @@ def solve_inner(
         throw=throw,
         tags=tags,
     )
+
+
+# Takes no step: the root finder that marks a known root, to differentiate there.
+_ALREADY_SOLVED = GradientSteps(optax.sgd(0.0), steps=0)
+
+
+def _no_gradient(tree: PyTree) -> PyTree:
+    return jtu.tree_map(lambda x: jax.lax.stop_gradient(x) if eqx.is_inexact_array(x) else x, tree)

@@ -132,6 +132,71 @@ def test_cg_matches_direct_on_symmetric_problem(getkey):
     assert relative_error(direct, expected) < 1e-6
 
 
+MINIMISERS = [
+    optx.BFGS(rtol=1e-10, atol=1e-10),
+    optx.LevenbergMarquardt(rtol=1e-10, atol=1e-10),
+    optx.GaussNewton(rtol=1e-10, atol=1e-10),
+]
+
+
+def linear_bellman_residual(q, args):
+    """B^theta Q - Q for a fixed policy's transitions: linear in Q, so that every solver,
+    BFGS on the residual's norm included, reaches the root."""
+    p, reward, gamma = args
+    return reward + gamma * p @ q - q
+
+
+@pytest.mark.parametrize("solver", MINIMISERS, ids=lambda s: type(s).__name__)
+def test_minimisers_differentiate_the_residual_as_root_finders_do(solver, getkey):
+    # Optimistix differentiates a minimiser's or least-squares solver's optimality
+    # condition (of a norm of the residual), not the residual: BFGS's gradient came out
+    # zero and the identity adjoint's sign flipped. `solve_inner` must give a root
+    # finder's gradient, adjoint by adjoint, approximate adjoints included.
+    n = 5
+    p = jax.nn.softmax(jax.random.normal(getkey(), (n, n)))
+    args = (p, jax.random.normal(getkey(), (n,)), jnp.asarray(0.9))
+    problems = [(linear_bellman_residual, args, jnp.zeros(n))]
+    if not isinstance(solver, optx.BFGS):  # it stalls on the norm of a nonlinear residual
+        model, _ = random_problem(getkey(), 5, 3, 0.9)
+        problems.append((soft_bellman_residual, model, jnp.zeros((5, 3))))
+    for residual, problem_args, y0 in problems:
+
+        def loss(a, inner_solver, adjoint):
+            value = omdx.solve_inner(
+                residual, y0, a, solver=inner_solver, adjoint=adjoint, max_steps=1000
+            ).value
+            return jnp.sum(jnp.sin(value))
+
+        for adjoint in ["direct", "gmres", "neumann", "identity"]:
+            grad = jax.grad(loss)(problem_args, solver, adjoint)
+            reference = jax.grad(loss)(problem_args, NEWTON, adjoint)
+            assert relative_error(grad, reference) < 1e-6, (residual.__name__, adjoint)
+    # The symmetric case, whose tags CG needs.
+    args = {"l": jax.random.normal(getkey(), (n, n)), "b": jax.random.normal(getkey(), (n,))}
+
+    def quadratic_loss(a, inner_solver, adjoint):
+        sol = omdx.solve_inner(
+            quadratic_gradient,
+            jnp.zeros(n),
+            a,
+            solver=inner_solver,
+            adjoint=adjoint,
+            symmetric=True,
+            max_steps=1000,
+        )
+        return jnp.sum(jnp.sin(sol.value))
+
+    for adjoint in ["cg", omdx.truncated_cg(steps=4 * n), "identity"]:
+        grad = jax.grad(quadratic_loss)(args, solver, adjoint)
+        reference = jax.grad(quadratic_loss)(args, NEWTON, adjoint)
+        assert relative_error(grad, reference) < 1e-6, adjoint
+    # The solution and its report are the solver's own.
+    sol = omdx.solve_inner(
+        quadratic_gradient, jnp.zeros(n), args, solver=solver, symmetric=True, max_steps=1000
+    )
+    assert sol.result == optx.RESULTS.successful and int(sol.stats["num_steps"]) > 1
+
+
 def test_truncated_cg_spends_budget_without_raising(getkey):
     n = 20
     args = {"l": jax.random.normal(getkey(), (n, n)), "b": jax.random.normal(getkey(), (n,))}
