@@ -36,6 +36,31 @@ def test_polytope_q_star_and_optimal_return():
     assert np.max(np.abs(tb.bellman_operator(mdp, q) - q)) < 0.01
 
 
+def test_a_zero_temperature_array_is_the_hard_operator():
+    # Python 0 chooses the hard operator in Python; a NumPy or JAX zero, or a traced
+    # (vmapped) one, must too, not divide by zero into NaN.
+    mdp = tb.polytope_mdp()
+    q = jnp.asarray(Q_STAR)
+    hard = tb.bellman_operator(mdp, q)
+    greedy = np.array([[1.0, 0.0], [1.0, 0.0]])
+    for zero in [np.float32(0.0), jnp.asarray(0.0), jnp.zeros(())]:
+        assert np.allclose(tb.soft_bellman_operator(mdp, q, zero), hard, atol=1e-12)
+        assert np.array_equal(tb.policy(q, zero), greedy)
+        assert abs(float(tb.expected_return(mdp, q, zero)) - J_STAR) < 1e-6
+        assert np.allclose(
+            tb.solve_q(mdp, temperature=zero).value, tb.solve_q(mdp, temperature=0).value
+        )
+    # Vmapped over temperatures, zero among them: each as when called alone.
+    temperatures = jnp.array([0.0, 0.01, 0.3])
+    swept = jax.vmap(lambda t: tb.soft_bellman_operator(mdp, q, t))(temperatures)
+    for row, t in zip(swept, [0, 0.01, 0.3]):
+        assert np.allclose(row, tb.soft_bellman_operator(mdp, q, t), atol=1e-12)
+    # And the gradient through a zero temperature array is finite (the hard one's).
+    grad = jax.grad(lambda q: tb.soft_bellman_operator(mdp, q, jnp.asarray(0.0)).sum())(q)
+    expected = jax.grad(lambda q: tb.bellman_operator(mdp, q).sum())(q)
+    assert np.allclose(grad, expected)
+
+
 def test_expected_return_matches_hand_computation():
     mdp = tb.polytope_mdp()
     # Always action 0: P_pi = [[0.7, 0.3], [0.2, 0.8]], r_pi = [-0.45, 0.5].

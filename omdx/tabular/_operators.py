@@ -86,10 +86,23 @@ def init_model(
     return TabularModel(logits, reward, temperature), q0
 
 
+def _by_temperature(temperature, soft, hard):
+    """`soft(temperature)` for $\tau > 0$, `hard()` for $\tau = 0$: chosen in Python for a
+    Python number, per value for an array (a NumPy or JAX zero, or a traced or vmapped
+    temperature), where the soft branch sees 1 in place of 0 so that neither it nor its
+    gradient is NaN."""
+    if isinstance(temperature, (int, float)):
+        return hard() if temperature == 0 else soft(temperature)
+    positive = jnp.asarray(temperature) > 0
+    return jnp.where(positive, soft(jnp.where(positive, temperature, 1)), hard())
+
+
 def _soft_max(q: Float[Array, "S A"], temperature) -> Float[Array, " S"]:
-    if isinstance(temperature, (int, float)) and temperature == 0:
-        return jnp.max(q, axis=1)
-    return temperature * jax.nn.logsumexp(q / temperature, axis=1)
+    return _by_temperature(
+        temperature,
+        lambda t: t * jax.nn.logsumexp(q / t, axis=1),
+        lambda: jnp.max(q, axis=1),
+    )
 
 
 def soft_bellman_operator(
@@ -240,9 +253,11 @@ def policy(q: Float[Array, "S A"], temperature: float | Scalar = 0.01) -> Float[
 
     `[S, A]`, the action probabilities.
     """
-    if isinstance(temperature, (int, float)) and temperature == 0:
-        return jax.nn.one_hot(jnp.argmax(q, axis=1), q.shape[1], dtype=q.dtype)
-    return jax.nn.softmax(q / temperature, axis=1)
+    return _by_temperature(
+        temperature,
+        lambda t: jax.nn.softmax(q / t, axis=1),
+        lambda: jax.nn.one_hot(jnp.argmax(q, axis=1), q.shape[1], dtype=q.dtype),
+    )
 
 
 def policy_values(mdp: TabularMDP, pi: Float[Array, "S A"]) -> Float[Array, " S"]:
