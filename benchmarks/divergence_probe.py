@@ -169,7 +169,9 @@ def main():
             row = {"agent": agent, "seed": int(seed)}
             if agent == traced:  # the same seeds, in the same order, as `trajectory`
                 values = [trajectory.eval_returns[i], *(v[i] for v in trajectory.metrics.values())]
-                bad = ~np.isfinite(np.stack(values)).all(axis=0)
+                # The windows before the first update hold NaN by design.
+                learning = trajectory.eval_steps - 1 >= omdx.TrainConfig().learning_starts
+                bad = ~np.isfinite(np.stack(values)).all(axis=0) & learning
                 row["diverged"] = (
                     f"by step {int(trajectory.eval_steps[bad][0])}" if diverged[i] else "no"
                 )

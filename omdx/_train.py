@@ -99,10 +99,12 @@ class TrainConfig(eqx.Module):
                 f"`batch_size` ({self.batch_size}) is larger than the replay buffer "
                 f"(`buffer_size` = {self.capacity})."
             )
-        if self.batch_size > self.steps:
+        if self.learning_starts >= self.steps:
+            name = "batch_size" if self.batch_size >= self.random_steps else "random_steps"
             raise ValueError(
-                f"`batch_size` ({self.batch_size}) is larger than the number of environment "
-                f"`steps` ({self.steps}): no update could ever be made."
+                f"`{name}` ({getattr(self, name)}) is not below the number of environment "
+                f"`steps` ({self.steps}): updates start after max(`random_steps`, "
+                "`batch_size`) steps, so none could ever be made."
             )
         if isinstance(self.epsilon, bool) or not (0.0 <= self.epsilon <= 1.0):
             raise ValueError(f"`epsilon` must be in [0, 1], got {self.epsilon!r}.")
@@ -163,8 +165,9 @@ class TrainResult(eqx.Module):
     - `seeds`: the seeds, `[n_seeds]`.
     - `eval_steps`: environment steps at each evaluation, `[n_evals]`.
     - `eval_returns`: mean evaluation return, `[n_seeds, n_evals]`.
-    - `metrics`: agent metrics averaged over each evaluation window (updates only), a dict
-        of `[n_seeds, n_evals]` arrays.
+    - `metrics`: agent metrics averaged over each evaluation window (updates only; NaN
+        for a window with no update, during the random steps), a dict of
+        `[n_seeds, n_evals]` arrays.
     - `final_state`: the final [`omdx.RunState`][], batched over seeds.
     """
 
@@ -632,7 +635,7 @@ def train(
     runs, shards = _place_seeds(runs, devices)
 
     total_evals = train_config.steps // train_config.eval_every
-    eval_steps, returns, metric_log = [], [], {}
+    eval_steps, returns, metric_log, updated = [], [], {}, []
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -647,8 +650,13 @@ def train(
                 runner, runs, jnp.asarray(start), iterations, shards
             )
         chunk_returns = np.asarray(chunk_returns)
-        chunk_metrics = {k: np.asarray(v) for k, v in chunk_metrics.items()}
         steps = start + train_config.eval_every * (1 + np.arange(iterations))
+        # A window ending at `step` updated if its last step did: no mean of no update.
+        chunk_updated = steps - 1 >= train_config.learning_starts
+        updated.append(chunk_updated)
+        chunk_metrics = {
+            k: np.where(chunk_updated, np.asarray(v), np.nan) for k, v in chunk_metrics.items()
+        }
         eval_steps.append(steps)
         returns.append(chunk_returns)
         for name, values in chunk_metrics.items():
@@ -667,7 +675,8 @@ def train(
         if bar is not None:
             bar.update(iterations * train_config.eval_every)
             bar.set_postfix(eval_return=f"{float(np.mean(chunk_returns[:, -1])):.1f}")
-        if stop_on_divergence and _divergence(chunk_returns, chunk_metrics, run_seeds, steps)[0]:
+        checked = _updated_metrics(chunk_metrics, chunk_updated)
+        if stop_on_divergence and _divergence(chunk_returns, checked, run_seeds, steps)[0]:
             break
     if bar is not None:
         bar.close()
@@ -678,7 +687,14 @@ def train(
         metrics={k: np.concatenate(v, axis=1) for k, v in metric_log.items()},
         final_state=runs,
     )
-    return plan.finish(result)
+    return plan.finish(result, _updated_metrics(result.metrics, np.concatenate(updated)))
+
+
+def _updated_metrics(metrics: dict[str, np.ndarray], updated) -> dict[str, np.ndarray]:
+    """The metrics to check for divergence: the windows with no update (`updated` false,
+    one per evaluation) hold NaN by design (zeros here), not by divergence."""
+    no_update = ~np.asarray(updated, bool)
+    return {name: np.where(no_update, 0.0, values) for name, values in metrics.items()}
 
 
 def _runs_of(result: TrainResult, runs: slice | np.ndarray) -> TrainResult:

@@ -27,6 +27,7 @@ from ._train import (
     _divergence,
     _RunPlan,
     _swept_config,
+    _updated_metrics,
     RunState,
     select_action,
     TrainConfig,
@@ -180,13 +181,6 @@ def _evaluate(
         if done.all():
             break
     return totals.mean(axis=1)
-
-
-def _updated_metrics(metrics: dict[str, np.ndarray], updated: list[bool]):
-    """The metrics to check for divergence: the windows with no update hold NaN by
-    design (zeros here), not by divergence."""
-    no_update = ~np.asarray(updated, bool)
-    return {name: np.where(no_update, 0.0, values) for name, values in metrics.items()}
 
 
 @eqx.filter_jit

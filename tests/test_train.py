@@ -65,9 +65,13 @@ def test_vmapped_seeds_equal_single_seed_runs(cartpole):
         )
     again = omdx.train(cartpole, TINY_AGENT, TINY_RUN, seeds=seeds, progress=False, devices=devices)
     np.testing.assert_array_equal(again.eval_returns, together.eval_returns)
-    # Updates happened (the second window is after the warm-up) and were finite.
+    # Updates happened (the second window is after the warm-up) and were finite; the first
+    # window had none, so it has no mean (NaN, as `train_host` reports it), not 0.
     assert np.all(together.metrics["model_grad_norm"][:, 1] > 0)
-    assert np.all(together.metrics["inner_result"] == 0)
+    assert np.all(together.metrics["inner_result"][:, 1] == 0)
+    for name, values in together.metrics.items():
+        assert np.all(np.isnan(values[:, 0])) and np.all(np.isfinite(values[:, 1])), name
+        assert np.array_equal(chunks[0]["metrics"][name], values[:, :1], equal_nan=True), name
 
 
 SWEEP = {
@@ -221,6 +225,11 @@ def test_bad_configuration_raises_before_training(cartpole):
         TrainConfig(batch_size=512, buffer_size=256)
     with pytest.raises(ValueError, match="`steps`"):
         TrainConfig(steps=0)
+    # No update could be made: the random steps (or the first batch) fill the budget.
+    with pytest.raises(ValueError, match="`random_steps` \\(400\\) is not below"):
+        TrainConfig(steps=400, random_steps=400, eval_every=200, batch_size=32)
+    with pytest.raises(ValueError, match="`batch_size` \\(400\\) is not below"):
+        TrainConfig(steps=400, random_steps=100, eval_every=200, batch_size=400)
     with pytest.raises(ValueError, match="`eval_every`"):
         TrainConfig(steps=1500, eval_every=1000)
     with pytest.raises(ValueError, match="`epsilon`"):
@@ -341,7 +350,7 @@ class _Uncopyable(CartPoleEnv):
 
 
 def test_host_loop_copies_the_environment_for_each_run():
-    run = TrainConfig(steps=100, random_steps=100, eval_every=100, eval_episodes=2, batch_size=32)
+    run = TrainConfig(steps=100, random_steps=99, eval_every=100, eval_episodes=2, batch_size=32)
     # Copies are made again from the spec, `gymnasium.make`'s keyword arguments included:
     # with Sutton and Barto's reward (0 a step, -1 at the end) every return is -1 or 0.
     env = omdx.envs.HostEnv("CartPole-v1", sutton_barto_reward=True, max_episode_steps=20)
