@@ -62,10 +62,18 @@ def _add_run_arguments(
         help="Hessian-vector products of the neumann, cg and gmres adjoints",
     )
     parser.add_argument(
-        "--adjoint-scale", type=float, default=1.0, help="step size of the neumann series"
+        "--adjoint-scale",
+        type=float,
+        default=1.0,
+        help="alpha: the neumann series' step size, and the identity adjoint's H^-1 ~ alpha I "
+        "(a constant scale that the model's Adam step all but ignores without a likelihood "
+        "term)",
     )
     parser.add_argument(
-        "--damping", type=float, default=1e-5, help="added to the Hessian's diagonal (cg, gmres)"
+        "--damping",
+        type=float,
+        default=1e-5,
+        help="added to the Hessian's diagonal (cg, gmres, direct)",
     )
     parser.add_argument(
         "--inner-steps", type=int, default=1, help="K inner Adam steps of the Q-network"

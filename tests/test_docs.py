@@ -91,3 +91,17 @@ def test_command_line_page_lists_every_option():
             if long and f"`{long[0]}" not in page:
                 missing.append(f"omdx {command} {long[0]}")
     assert not missing, f"options missing from docs/cli.md: {missing}"
+    # And every option the page's tables list exists, in the commands of their section.
+    training, tabular = page.split("## The tabular studies")
+    for section, prefix in [(training, ("demo", "train", "compare")), (tabular, ("tabular",))]:
+        options = {
+            option
+            for command, parser in _parsers()
+            if command.startswith(prefix)
+            for action in parser._actions
+            for option in action.option_strings
+        }
+        listed = re.findall(r"^\| `(--[a-z0-9-]+)", section, flags=re.MULTILINE)
+        assert listed, "no option table found"
+        unknown = sorted(set(listed) - options)
+        assert not unknown, f"docs/cli.md lists options its commands lack: {unknown}"

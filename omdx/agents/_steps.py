@@ -158,7 +158,8 @@ def agent_step(
     minimises), `model_error` and `reward_error` (MSE of the model's mean prediction of
     $s'$ and $r$ on the real batch, before the model's step: the "likelihood" side),
     `q_model_loss` and `q_real_loss` (the Bellman loss on model transitions before the
-    inner step, and on real transitions after it), `model_grad_norm` (for OMD, the implicit
+    last of the `inner_steps` steps, so before the inner solve for $K = 1$, and on real
+    transitions after the solve), `model_grad_norm` (for OMD, the implicit
     gradient's norm) and `inner_result` (the inner solve's Optimistix result code; 0 is
     success).
     """
