@@ -135,20 +135,24 @@ def _greedy(leaves: list[Array], observations: Float[Array, "runs episodes obs"]
 
 
 def _spawn(env: HostEnv) -> HostEnv:
-    """A fresh, independent copy of `env`: made again from its gymnasium spec (which keeps
-    `gymnasium.make`'s keyword arguments), or deep-copied when it has none."""
-    spec = getattr(env.env, "spec", None)
-    if spec is not None:
-        inner = gymnasium.make(spec)
-    else:
+    """A fresh, independent copy of `env`: deep-copied, so that whatever was done to the
+    instance (its attributes, the user's own wrappers) is copied too, or made again from
+    its gymnasium spec when it cannot be deep-copied."""
+    try:
+        inner = copy.deepcopy(env.env)
+    except Exception as copy_error:
+        spec = getattr(env.env, "spec", None)
         try:
-            inner = copy.deepcopy(env.env)
-        except Exception as error:
+            if spec is None:
+                raise ValueError("it has no gymnasium spec") from None
+            inner = gymnasium.make(spec)
+        except Exception as make_error:
             raise TypeError(
                 "`train_host` steps a copy of the environment for each seed and each "
-                "evaluation episode; this one has no gymnasium spec to make it again and "
-                f"cannot be deep-copied ({error}). Register it with `gymnasium.register`."
-            ) from error
+                f"evaluation episode; this one cannot be deep-copied ({copy_error}) nor made "
+                f"again from its spec ({make_error}). Register it with `gymnasium.register` "
+                "and pass its id."
+            ) from make_error
     return HostEnv(
         inner, distractors=env.distractors, max_episode_steps=env.max_episode_steps, dtype=env.dtype
     )

@@ -305,3 +305,8 @@ def test_host_env_truncation():
         HostEnv("CartPole-v1", distractors=-1)
     with pytest.raises(RuntimeError, match="reset"):
         HostEnv("CartPole-v1").step(0)
+    # An instance's own `TimeLimit` would end episodes before a longer one around it.
+    with pytest.raises(ValueError, match=r"above the limit .* \(200\)"):
+        HostEnv(gymnasium.make("CartPole-v1", max_episode_steps=200), max_episode_steps=500)
+    env = HostEnv(gymnasium.make("CartPole-v1", max_episode_steps=200), max_episode_steps=100)
+    assert env.max_episode_steps == 100

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import gymnasium
 import jax
 import numpy as np
 import pytest
@@ -351,11 +352,32 @@ class _Uncopyable(CartPoleEnv):
 
 def test_host_loop_copies_the_environment_for_each_run():
     run = TrainConfig(steps=100, random_steps=99, eval_every=100, eval_episodes=2, batch_size=32)
-    # Copies are made again from the spec, `gymnasium.make`'s keyword arguments included:
-    # with Sutton and Barto's reward (0 a step, -1 at the end) every return is -1 or 0.
+    # Copies keep `gymnasium.make`'s keyword arguments: with Sutton and Barto's reward (0 a
+    # step, -1 at the end) every return is -1 or 0.
     env = omdx.envs.HostEnv("CartPole-v1", sutton_barto_reward=True, max_episode_steps=20)
     result = omdx.train_host(env, TINY_AGENT, run, seeds=3, progress=False)
     assert np.all((-1 <= result.eval_returns) & (result.eval_returns <= 0))
+
+    # A copy is the instance as it is now: attributes changed after `gymnasium.make` and
+    # the user's own wrappers (which `make` could not rebuild from the spec) included.
+    class DoubleReward(gymnasium.RewardWrapper):
+        def reward(self, reward):
+            return 2.0 * reward
+
+    changed = gymnasium.make("CartPole-v1")
+    changed.unwrapped.force_mag = 30.0
+    doubled = DoubleReward(gymnasium.make("CartPole-v1"))
+    for original in [omdx.envs.HostEnv(changed), omdx.envs.HostEnv(doubled)]:
+        copied = _spawn(original)
+        original.reset(seed=3)
+        copied.reset(seed=3)
+        a, b = original.step(1), copied.step(1)
+        np.testing.assert_array_equal(a.next_observation, b.next_observation)
+        assert a.reward == b.reward
+    assert copied.step(1).reward == 2.0
+    one_episode = dataclasses.replace(run, eval_episodes=1)
+    result = omdx.train_host(original, TINY_AGENT, one_episode, seeds=2, progress=False)
+    assert np.all(result.eval_returns % 2 == 0)  # every reward doubled, in every copy
     # An unregistered environment is deep-copied: each copy steps on its own.
     env = omdx.envs.HostEnv(CartPoleEnv(), max_episode_steps=15)
     copy = _spawn(env)

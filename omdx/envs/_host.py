@@ -56,7 +56,8 @@ class HostEnv:
         observation, as [`omdx.envs.distractors`][] does. Seeded by `reset(seed)`.
     - `max_episode_steps`: the time limit. For an id, passed to `gymnasium.make` (default:
         the id's registered limit). For an instance, wraps it in gymnasium's `TimeLimit`
-        when given, else read from `env.spec`.
+        when given (at most the limit of a `TimeLimit` already in it), else read from
+        `env.spec`.
     - `dtype`: the floating dtype of observations and rewards. Defaults to JAX's default
         floating dtype (`float64` with `jax_enable_x64`), so that jitted functions see the
         same dtypes as with [`omdx.envs.make`][].
@@ -88,6 +89,15 @@ class HostEnv:
             if make_kwargs:
                 raise TypeError("Keyword arguments for `gymnasium.make` need an env id.")
             if max_episode_steps is not None:
+                inner = _shortest_time_limit(env)
+                if inner is not None and inner < max_episode_steps:
+                    raise ValueError(
+                        f"`max_episode_steps` ({max_episode_steps}) is above the limit of the "
+                        f"`TimeLimit` already around this instance ({inner}), which would end "
+                        "every episode first. Pass the id with `max_episode_steps`, or make "
+                        "the instance with `gymnasium.make(id, max_episode_steps="
+                        f"{max_episode_steps})`."
+                    )
                 env = gymnasium.wrappers.TimeLimit(env, max_episode_steps)
         else:
             raise TypeError(
@@ -215,3 +225,13 @@ class HostEnv:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _shortest_time_limit(env: gymnasium.Env) -> int | None:
+    """The smallest limit of the `TimeLimit` wrappers in `env`, or `None` if it has none."""
+    limits = []
+    while isinstance(env, gymnasium.Wrapper):
+        if isinstance(env, gymnasium.wrappers.TimeLimit):
+            limits.append(env._max_episode_steps)
+        env = env.env
+    return min(limits, default=None)
