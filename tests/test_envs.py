@@ -193,6 +193,13 @@ def test_distractors_arguments():
     assert make("CartPole-v1", distractors=0).observation_size == 4
     with pytest.raises(ValueError, match="`n`"):
         distractors(env, -1)
+    # Distractors on distractors: fresh noise in every added dimension (two layers drawing
+    # from the same keys would repeat the first layer's columns).
+    nested = distractors(make("CartPole-v1", distractors=2), 3)
+    assert nested.observation_size == 4 + 5
+    _, observation = nested.reset(jax.random.PRNGKey(0))
+    noise = np.asarray(observation[4:])
+    assert len(np.unique(noise)) == 5
     # TypeError: from runtime type checking (`--jaxtyping-packages`), if on.
     with pytest.raises((TypeError, ValueError), match="'n'|`n`"):
         distractors(env, 1.5)

@@ -89,7 +89,8 @@ def distractors(env: AbstractEnv, n: int) -> AbstractEnv:
     **Arguments:**
 
     - `env`: an [`omdx.envs.AbstractEnv`][].
-    - `n`: the number of noise dimensions; `0` returns `env` unchanged.
+    - `n`: the number of noise dimensions; `0` returns `env` unchanged. On an
+        environment that already has distractors, the result has `n` more.
 
     **Returns:**
 
@@ -104,4 +105,8 @@ def distractors(env: AbstractEnv, n: int) -> AbstractEnv:
         raise ValueError(f"`n` must be a non-negative int, got {n!r}.")
     if n == 0:
         return env
+    if isinstance(env, Distractors):
+        # One layer of n + m: a second layer's noise, drawn from the same keys, would
+        # repeat the first's.
+        return Distractors(env.env, env.n + n)
     return Distractors(env, n)
