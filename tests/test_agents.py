@@ -19,6 +19,7 @@ import omdx
 from omdx._transition import Transition
 from omdx.agents import (
     agent_adjoint,
+    agent_step,
     AgentConfig,
     bellman_targets,
     BellmanRegressionGradient,
@@ -30,6 +31,7 @@ from omdx.agents import (
     model_targets,
     omd_step,
     real_bellman_loss,
+    regression_loss,
     vep_step,
 )
 
@@ -258,6 +260,25 @@ def test_likelihood_weight_adds_the_likelihood_gradient(agent, getkey):
         metrics["q_real_loss"], real_bellman_loss(new_state.q, state.q_target, batch, weighted)
     )
     assert np.isclose(metrics["model_loss"], weighted_loss)
+
+
+@pytest.mark.parametrize("agent", ["omd", "mle"])
+def test_bellman_loss_metrics_exclude_the_weight_decay(agent, getkey):
+    # SMALL has q_weight_decay = 1: a penalty the inner problem minimises, not part of the
+    # Bellman losses the metrics report.
+    config = dataclasses.replace(SMALL, agent=agent, adjoint="identity")
+    state = init_agent(getkey(), EnvSpec(OBS, ACTIONS), config)
+    batch = make_batch(getkey())
+    new_state, metrics = agent_step(state, batch, config)
+    # K = 1: the loss before the inner step, on the data of the model that taught it (for
+    # MLE the model after its step; the deterministic model ignores the key).
+    model = state.model if agent == "omd" else new_state.model
+    targets = model_targets(model, state.q_target, batch, getkey(), config)
+    expected = regression_loss(state.q, batch.observation, batch.action, targets)
+    assert np.isclose(metrics["q_model_loss"], expected, rtol=1e-12)
+    assert np.isclose(
+        metrics["q_real_loss"], real_bellman_loss(new_state.q, state.q_target, batch, config)
+    )
 
 
 def test_gmres_adjoint_spends_its_budget_on_krylov_vectors():

@@ -171,7 +171,8 @@ class BellmanRegressionGradient(eqx.Module):
     gradient's mixed derivative $\partial_y \nabla_\varphi L$ costs one backward pass of
     the Q-network instead of a second-order pass through the model and target network.
     With `config.q_weight_decay` $= \mu > 0$ the loss has $\frac{\mu}{2}\|\varphi\|^2$
-    added. Returns `(gradient, loss)`: use it with `has_aux=True`.
+    added. Returns `(gradient, loss)`, the loss without that penalty (the Bellman loss the
+    metrics report): use it with `has_aux=True`.
     """
 
     q_static: PyTree
@@ -187,14 +188,14 @@ class BellmanRegressionGradient(eqx.Module):
 
         def loss(params):
             q = eqx.combine(params, self.q_static)
-            value = regression_loss(q, observation, action, targets)
+            bellman = regression_loss(q, observation, action, targets)
             if self.q_weight_decay == 0:
-                return value
+                return bellman, bellman
             squares = sum(jnp.sum(p**2) for p in jax.tree.leaves(params))
-            return value + 0.5 * self.q_weight_decay * squares
+            return bellman + 0.5 * self.q_weight_decay * squares, bellman
 
-        value, gradient = jax.value_and_grad(loss)(q_params)
-        return gradient, value
+        (_, bellman), gradient = jax.value_and_grad(loss, has_aux=True)(q_params)
+        return gradient, bellman
 
 
 def prediction_errors(
