@@ -233,7 +233,11 @@ def make(env_id: str, *, distractors: int = 0, max_episode_steps: int | None = N
     Known ids:
 
     - `"CartPole-v1"`: 2 discrete actions, 4 observations, episodes truncated at 500 steps;
-        the dynamics, rewards and terminations of gymnasium's `CartPole-v1`.
+        the dynamics, rewards and terminations of gymnasium's `CartPole-v1`. Gymnasium's
+        functional CartPole rounds its state to float32 after every step, so with
+        `jax_enable_x64` the observations are float64 arrays of float32 values, and under
+        the same actions a trajectory leaves `CartPole-v1`'s (float64 state) after about
+        150 steps, as any two float precisions of this chaotic system do.
     - `"Pendulum-v1"`: a continuous 1-D action in $[-2, 2]$, 3 observations, episodes
         truncated at 200 steps.
 
