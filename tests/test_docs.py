@@ -13,7 +13,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-PAGES = sorted((DOCS / "tutorials").glob("*.md")) + [DOCS / "index.md"]
+PAGES = sorted((DOCS / "tutorials").glob("*.md")) + [DOCS / "index.md", ROOT / "README.md"]
 _BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
 
@@ -21,16 +21,25 @@ def python_blocks(page: pathlib.Path) -> list[str]:
     return _BLOCK.findall(page.read_text())
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_page_runs(page, monkeypatch, tmp_path):
+    import jax
+
     blocks = python_blocks(page)
     if not blocks:
         pytest.skip(f"{page.name} has no ```python blocks")
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": f"docs_{page.stem}"}
-    for i, block in enumerate(blocks):
-        code = compile(block, f"{page.relative_to(ROOT)}[block {i}]", "exec")
-        exec(code, namespace)
+    # As a reader runs them: in JAX's default float32 unless the page asks for float64
+    # (the rest of the suite runs in float64, tests/conftest.py).
+    x64 = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", False)
+    try:
+        for i, block in enumerate(blocks):
+            code = compile(block, f"{page.relative_to(ROOT)}[block {i}]", "exec")
+            exec(code, namespace)
+    finally:
+        jax.config.update("jax_enable_x64", x64)
 
 
 def _documented_names() -> set[str]:
