@@ -377,6 +377,37 @@ def test_gaussian_model_and_hard_max(getkey):
         assert all(np.isfinite(v) for v in metrics.values())
 
 
+def test_a_batch_that_does_not_fit_the_agent_is_named(getkey):
+    state = init_agent(getkey(), EnvSpec(OBS, ACTIONS), SMALL)
+    good = make_batch(getkey(), batch=8)
+    step = eqx.filter_jit(omd_step)
+    bad_shapes = [
+        (dataclasses.replace(good, observation=good.observation[:, :2]), "batch.observation"),
+        (dataclasses.replace(good, reward=good.reward[:, None]), "batch.reward"),
+        (
+            dataclasses.replace(good, next_observation=good.observation[:3]),
+            "batch.next_observation",
+        ),
+        (dataclasses.replace(good, terminated=good.terminated[:, None]), "batch.terminated"),
+        (jax.tree.map(lambda x: x[0], good), "batch.observation"),  # unbatched
+    ]
+    for batch, name in bad_shapes:
+        with pytest.raises(ValueError, match=f"`{name}` must have shape"):
+            step(state, batch, SMALL)
+    with pytest.raises(TypeError, match="`batch.action` must hold integers"):
+        step(state, dataclasses.replace(good, action=good.action.astype(float)), SMALL)
+    # At run time, compiled: actions outside [0, 2) (-1 would wrap to action 1 in the
+    # Q-network and to no action in the model) and non-finite data.
+    for action in [-1, ACTIONS]:
+        batch = dataclasses.replace(good, action=good.action.at[3].set(action))
+        with pytest.raises(eqx.EquinoxRuntimeError, match=r"must be in \[0, 2\)"):
+            step(state, batch, SMALL)
+    batch = dataclasses.replace(good, reward=good.reward.at[0].set(jnp.nan))
+    with pytest.raises(eqx.EquinoxRuntimeError, match="`batch` holds non-finite values"):
+        step(state, batch, SMALL)
+    step(state, good, SMALL)  # and a batch that fits goes through
+
+
 def test_bad_agent_config_raises():
     with pytest.raises(ValueError, match="`agent`"):
         AgentConfig(agent="ppo")
