@@ -45,6 +45,8 @@ def small_solve(matrix: Float[Array, "n n"], vector: Float[Array, " n"]) -> Floa
     if n > MAX_SMALL_LU_SIZE:
         raise ValueError(f"`small_solve` is for n <= {MAX_SMALL_LU_SIZE}, got n = {n}.")
     dtype = jnp.result_type(matrix, vector)
+    if not jnp.issubdtype(dtype, jnp.inexact):  # integers: eliminate in floating point
+        dtype = jnp.result_type(dtype, float)
     a = jnp.concatenate([matrix, vector[:, None]], axis=1).astype(dtype)
     rows = jnp.arange(n)
     for k in range(n):

@@ -27,6 +27,10 @@ def test_small_solve_pivots():
     x = omdx.small_solve(matrix, vector)
     np.testing.assert_allclose(matrix @ x, vector, atol=1e-12)
     np.testing.assert_allclose(x, np.linalg.solve(np.asarray(matrix), np.asarray(vector)))
+    # Integers are solved in floating point, not eliminated in integer arithmetic.
+    x = omdx.small_solve(matrix.astype(int), vector.astype(int))
+    assert jnp.issubdtype(x.dtype, jnp.floating)
+    np.testing.assert_allclose(x, np.linalg.solve(np.asarray(matrix), np.asarray(vector)))
 
 
 def test_small_solve_batched_and_differentiable(getkey):
