@@ -2,6 +2,7 @@
 
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,6 +56,17 @@ def test_a_zero_temperature_array_is_the_hard_operator():
     swept = jax.vmap(lambda t: tb.soft_bellman_operator(mdp, q, t))(temperatures)
     for row, t in zip(swept, [0, 0.01, 0.3]):
         assert np.allclose(row, tb.soft_bellman_operator(mdp, q, t), atol=1e-12)
+    # A negative or non-finite temperature is an error, not an anti-greedy policy or the
+    # hard operator: now when it is known, at run time when it is traced.
+    for bad in [-0.01, float("nan"), float("inf"), np.float32(-1.0), jnp.asarray(-0.5)]:
+        with pytest.raises(ValueError, match="`temperature` must be a finite number >= 0"):
+            tb.expected_return(mdp, q, bad)
+        # `solve_q` is compiled: a JAX array is traced there, so Equinox raises at run time.
+        errors = (ValueError, eqx.EquinoxRuntimeError)
+        with pytest.raises(errors, match="`temperature` must be a finite number >= 0"):
+            tb.solve_q(mdp, temperature=bad)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="`temperature` must be a finite"):
+        jax.jit(lambda t: tb.soft_bellman_operator(mdp, q, t))(jnp.asarray(-0.5))
     # And the gradient through a zero temperature array is finite (the hard one's).
     grad = jax.grad(lambda q: tb.soft_bellman_operator(mdp, q, jnp.asarray(0.0)).sum())(q)
     expected = jax.grad(lambda q: tb.bellman_operator(mdp, q).sum())(q)

@@ -6,6 +6,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
+import numpy as np
 import optimistix as optx
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
@@ -86,15 +87,33 @@ def init_model(
     return TabularModel(logits, reward, temperature), q0
 
 
+def _checked_temperature(temperature):
+    """`temperature`, with a clear error if it is negative or not finite (a negative one
+    silently gives an anti-greedy policy): raised now for a value known now, at run time
+    (by Equinox) for a traced one."""
+    message = "`temperature` must be a finite number >= 0"
+    if isinstance(temperature, jax.core.Tracer):
+        bad = ~(jnp.isfinite(temperature) & (temperature >= 0))
+        return eqx.error_if(temperature, bad, message + ".")
+    value = np.asarray(temperature)
+    if not (np.issubdtype(value.dtype, np.number) and np.all(np.isfinite(value) & (value >= 0))):
+        raise ValueError(f"{message}, got {temperature!r}.")
+    return temperature
+
+
 def _by_temperature(temperature, soft, hard):
     """`soft(temperature)` for $\tau > 0$, `hard()` for $\tau = 0$: chosen in Python for a
     Python number, per value for an array (a NumPy or JAX zero, or a traced or vmapped
     temperature), where the soft branch sees 1 in place of 0 so that neither it nor its
     gradient is NaN."""
+    temperature = _checked_temperature(temperature)
     if isinstance(temperature, (int, float)):
         return hard() if temperature == 0 else soft(temperature)
     positive = jnp.asarray(temperature) > 0
-    return jnp.where(positive, soft(jnp.where(positive, temperature, 1)), hard())
+    value = jnp.where(positive, soft(jnp.where(positive, temperature, 1)), hard())
+    # With Equinox's checks off (inside the tabular training loop) a negative or NaN
+    # temperature gives NaN, which the loop reports, rather than the hard operator.
+    return jnp.where(positive | (temperature == 0), value, jnp.nan)
 
 
 def _soft_max(q: Float[Array, "S A"], temperature) -> Float[Array, " S"]:
@@ -221,12 +240,10 @@ def solve_q(
         raise ValueError(
             f"`q0` must have shape [S, A] = {(mdp.n_states, mdp.n_actions)}, got {jnp.shape(q0)}."
         )
+    temperature = _checked_temperature(temperature)
     temperature_arr = jnp.asarray(temperature, dtype)
-    if isinstance(temperature, (int, float)):
-        if temperature < 0:
-            raise ValueError(f"`temperature` must be >= 0, got {temperature}.")
-        if temperature == 0:
-            temperature_arr = 0
+    if isinstance(temperature, (int, float)) and temperature == 0:
+        temperature_arr = 0
     size = mdp.n_states * mdp.n_actions
     if isinstance(adjoint, str) and adjoint == "direct":
         adjoint = direct_solver(size)
