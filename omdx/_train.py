@@ -215,6 +215,8 @@ def evaluate(env: AbstractEnv, agent: AgentState, key: PRNGKeyArray, episodes: i
 
     A scalar: the mean return.
     """
+    if not isinstance(episodes, int) or isinstance(episodes, bool) or episodes < 1:
+        raise ValueError(f"`episodes` must be a positive int, got {episodes!r}.")
     reset_key, loop_key = jr.split(key)
     states, observations = jax.vmap(env.reset)(jr.split(reset_key, episodes))
     dtype = observations.dtype

@@ -121,7 +121,8 @@ def _add_run_arguments(
         "--cpu-devices",
         type=int,
         default=None,
-        help="CPU devices to split the seeds over (default: one per core)",
+        help="CPU devices to split the seeds over (default: one per core; the host loop, "
+        "--host, runs on one)",
     )
     parser.add_argument(
         "--sweep",
@@ -238,7 +239,13 @@ def _make_env(args) -> tuple[object, bool]:
 
     host = args.host or args.env not in _jax_env_ids()
     if not host:
-        return make(args.env, distractors=args.distractors), False
+        env = make(args.env, distractors=args.distractors)
+        if env.num_actions is None:
+            raise ValueError(
+                f"`--env {args.env}` has continuous actions; the OMD/MLE/VEP agents need "
+                "discrete ones."
+            )
+        return env, False
     try:
         env = HostEnv(args.env, distractors=args.distractors)
     except gymnasium.error.Error as error:
@@ -355,7 +362,9 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
     else:
         summary = summaries[0]
     summary["wall_seconds"] = seconds
-    summary["env_steps_per_second"] = args.steps * args.seeds * len(points) / seconds
+    # The steps made: fewer than `--steps` when a divergence stopped the runs.
+    steps_made = int(points[0].eval_steps[-1])
+    summary["env_steps_per_second"] = steps_made * args.seeds * len(points) / seconds
     # The devices the runs were split over.
     devices = set().union(*(p.final_state.key.sharding.device_set for p in points))
     summary["devices"] = sorted(str(d) for d in devices)

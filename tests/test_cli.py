@@ -164,8 +164,9 @@ def test_bad_environments_fail_before_any_file(tmp_path):
     bad = str(tmp_path / "bad")
     with pytest.raises(ValueError, match="Unknown `--env` 'NoSuchEnv-v0'"):
         main(["train", "--env", "NoSuchEnv-v0", "--out", bad])
-    with pytest.raises(ValueError, match="continuous actions"):
-        main(["train", "--env", "Pendulum-v1", "--host", "--out", bad])
+    for host in [["--host"], []]:  # stepped in Python, or omdx's JAX environment
+        with pytest.raises(ValueError, match="continuous actions"):
+            main(["train", "--env", "Pendulum-v1", *host, "--out", bad])
     assert not (tmp_path / "bad").exists()
 
 
@@ -233,6 +234,7 @@ def test_a_diverged_seed_is_reported_apart(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(omdx._train, "train", diverging_train)
     out = tmp_path / "run"
     argv = ["train", "--agent", "mle", "--seeds", "3", *TINY.split(), "--no-progress"]
+    argv += ["--steps", "2000"]  # of which the runs made 400 before stopping
     assert main(argv + ["--keep-going", "--out", str(out)]) == 1  # all written, then failure
     assert calls[-1]["stop_on_divergence"] is False
     printed = capsys.readouterr()
@@ -240,6 +242,8 @@ def test_a_diverged_seed_is_reported_apart(tmp_path, capsys, monkeypatch):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_return_per_seed"] == [20.0, 40.0]  # seeds 0 and 2
     assert summary["diverged_seeds"] == [1] and summary["last_eval_step"] == 400
+    rate = 400 * 3 / summary["wall_seconds"]  # the steps made, not the 2000 asked for
+    assert np.isclose(summary["env_steps_per_second"], rate)
     assert "30.0 ± 127.1 (seed 1 diverged by step 400)" in printed.out
     with (out / "metrics.csv").open() as f:  # the stream has every seed, as it came
         assert sorted({int(r["seed"]) for r in csv.DictReader(f)}) == [0, 1, 2]

@@ -251,6 +251,10 @@ def test_bad_configuration_raises_before_training(cartpole):
         omdx.train(cartpole, TINY_AGENT, TINY_RUN, progress=False, devices="cpu")
     with pytest.raises(ValueError, match="continuous"):
         omdx.train(omdx.envs.make("Pendulum-v1"), TINY_AGENT, TINY_RUN, progress=False)
+    agent = omdx.init_agent(jax.random.PRNGKey(0), cartpole, TINY_AGENT)
+    for episodes in [0, -1, 2.0]:
+        with pytest.raises(ValueError, match="`episodes` must be a positive int"):
+            omdx.evaluate(cartpole, agent, jax.random.PRNGKey(1), episodes)
 
 
 def test_host_loop_trains_on_a_gymnasium_env():
