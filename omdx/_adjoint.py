@@ -6,7 +6,6 @@ wrapper for near-singular Hessians, and the string names accepted by
 [`omdx.solve_inner`][].
 """
 
-import math
 from typing import Any, Literal, TypeAlias
 
 import equinox as eqx
@@ -14,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
+import numpy as np
 from jaxtyping import Array, PyTree
 
 
@@ -29,6 +29,22 @@ _NeumannState: TypeAlias = lx.AbstractLinearOperator
 
 def _is_real_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_scale(name: str, value: Any, *, positive: bool) -> None:
+    """A Python number or a concrete array (NumPy's or JAX's) is checked now; a traced one
+    (a vmapped sweep of it) cannot be, and passes."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    kind = "a positive" if positive else "a non-negative"
+    if isinstance(value, bool) or not (_is_real_number(value) or eqx.is_array_like(value)):
+        raise TypeError(f"`{name}` must be {kind} number, got {type(value).__name__}.")
+    array = np.asarray(value)
+    ok = np.issubdtype(array.dtype, np.number) and np.all(
+        np.isfinite(array) & ((array > 0) if positive else (array >= 0))
+    )
+    if not ok:
+        raise ValueError(f"`{name}` must be {kind} finite number, got {value!r}.")
 
 
 class Neumann(lx.AbstractLinearSolver[_NeumannState]):
@@ -65,11 +81,7 @@ class Neumann(lx.AbstractLinearSolver[_NeumannState]):
             raise TypeError(f"`steps` must be a non-negative int, got {type(self.steps).__name__}.")
         if self.steps < 0:
             raise ValueError(f"`steps` must be a non-negative int, got {self.steps}.")
-        if _is_real_number(self.scale):
-            if not (math.isfinite(self.scale) and self.scale > 0):
-                raise ValueError(f"`scale` must be a positive finite number, got {self.scale}.")
-        elif not eqx.is_array(self.scale):
-            raise TypeError(f"`scale` must be a positive number, got {type(self.scale).__name__}.")
+        _check_scale("scale", self.scale, positive=True)
 
     def init(self, operator: lx.AbstractLinearOperator, options: dict[str, Any]):
         del options
@@ -150,10 +162,7 @@ class Damped(lx.AbstractLinearSolver):
                 "`solver` must be a `lineax.AbstractLinearSolver`, got "
                 f"{type(self.solver).__name__}."
             )
-        if _is_real_number(self.damping) and not (
-            math.isfinite(self.damping) and self.damping >= 0
-        ):
-            raise ValueError(f"`damping` must be a non-negative finite number, got {self.damping}.")
+        _check_scale("damping", self.damping, positive=False)
 
     def _damp(self, operator: lx.AbstractLinearOperator) -> lx.AbstractLinearOperator:
         tags = set()
@@ -246,10 +255,7 @@ class TruncatedCG(lx.AbstractLinearSolver[_TruncatedCGState]):
     def __check_init__(self):
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
             raise ValueError(f"`steps` must be a positive int, got {self.steps!r}.")
-        if _is_real_number(self.damping) and not (
-            math.isfinite(self.damping) and self.damping >= 0
-        ):
-            raise ValueError(f"`damping` must be a non-negative finite number, got {self.damping}.")
+        _check_scale("damping", self.damping, positive=False)
 
     def init(self, operator: lx.AbstractLinearOperator, options: dict[str, Any]):
         del options

@@ -22,7 +22,12 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 from ._buffer import buffer_add, buffer_init, buffer_sample, ReplayBuffer
 from ._errors import errors_off, TrainingDiverged
 from ._transition import Transition
-from .agents._config import AgentConfig, SWEEPABLE_AGENT_FIELDS
+from .agents._config import (
+    _check_number,
+    _check_positive_int,
+    AgentConfig,
+    SWEEPABLE_AGENT_FIELDS,
+)
 from .agents._state import AgentState, init_agent
 from .agents._steps import agent_step
 from .envs import AbstractEnv, make
@@ -61,11 +66,6 @@ def filter_cond(pred, true_fn, false_fn, *operands):
     return eqx.combine(out_dynamic, out_static.value)
 
 
-def _check_int(name, value, minimum):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
-
-
 class TrainConfig(eqx.Module):
     """Settings of a training run (the paper's CartPole defaults), validated at construction."""
 
@@ -80,16 +80,16 @@ class TrainConfig(eqx.Module):
     seed_group: int | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
-        _check_int("steps", self.steps, 1)
-        _check_int("random_steps", self.random_steps, 0)
-        _check_int("eval_every", self.eval_every, 1)
-        _check_int("eval_episodes", self.eval_episodes, 1)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("evals_per_chunk", self.evals_per_chunk, 1)
+        _check_positive_int("steps", self.steps, 1)
+        _check_positive_int("random_steps", self.random_steps, 0)
+        _check_positive_int("eval_every", self.eval_every, 1)
+        _check_positive_int("eval_episodes", self.eval_episodes, 1)
+        _check_positive_int("batch_size", self.batch_size, 1)
+        _check_positive_int("evals_per_chunk", self.evals_per_chunk, 1)
         if self.buffer_size is not None:
-            _check_int("buffer_size", self.buffer_size, 1)
+            _check_positive_int("buffer_size", self.buffer_size, 1)
         if self.seed_group is not None:
-            _check_int("seed_group", self.seed_group, 1)
+            _check_positive_int("seed_group", self.seed_group, 1)
         if self.steps % self.eval_every != 0:
             raise ValueError(
                 f"`steps` ({self.steps}) must be a multiple of `eval_every` ({self.eval_every})."
@@ -106,8 +106,7 @@ class TrainConfig(eqx.Module):
                 f"`steps` ({self.steps}): updates start after max(`random_steps`, "
                 "`batch_size`) steps, so none could ever be made."
             )
-        if isinstance(self.epsilon, bool) or not (0.0 <= self.epsilon <= 1.0):
-            raise ValueError(f"`epsilon` must be in [0, 1], got {self.epsilon!r}.")
+        _check_number("epsilon", self.epsilon, low=0.0, high=1.0)
 
     @property
     def capacity(self) -> int:

@@ -193,6 +193,8 @@ def test_distractors_arguments():
     assert make("CartPole-v1", distractors=0).observation_size == 4
     with pytest.raises(ValueError, match="`n`"):
         distractors(env, -1)
+    with pytest.raises(ValueError, match="`distractors` must be a non-negative int"):
+        make("CartPole-v1", distractors=-1)
     # Distractors on distractors: fresh noise in every added dimension (two layers drawing
     # from the same keys would repeat the first layer's columns).
     nested = distractors(make("CartPole-v1", distractors=2), 3)

@@ -361,5 +361,13 @@ def test_bad_input_errors_name_the_argument():
         omdx.GradientSteps("adam", steps=1)
     with pytest.raises(ValueError, match="`damping`"):
         omdx.Damped(lx.CG(1e-6, 1e-6), -1.0)
+    # NumPy and JAX scalars are checked too (only Python numbers were).
+    for negative in [np.float32(-1.0), jnp.asarray(-0.5)]:
+        with pytest.raises(ValueError, match="`scale` must be a positive finite number"):
+            omdx.Neumann(3, negative)
+        with pytest.raises(ValueError, match="`damping` must be a non-negative finite"):
+            omdx.Damped(lx.LU(), negative)
+        with pytest.raises(ValueError, match="`damping` must be a non-negative finite"):
+            omdx.TruncatedCG(3, negative)
     with pytest.raises(ValueError, match="`steps`"):
         omdx.truncated_cg(0)

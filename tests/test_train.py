@@ -133,13 +133,13 @@ def test_bad_sweep_raises_before_training(cartpole):
         run({"q_hidden": [8, 16]})
     with pytest.raises(ValueError, match="must list integers"):
         run({"inner_steps": [1, 2.5]})
-    with pytest.raises(ValueError, match="`inner_steps` must be an int >= 1"):
+    with pytest.raises(ValueError, match="`inner_steps` must be a Python int >= 1"):
         run({"inner_steps": [1, 0]})
     with pytest.raises(ValueError, match="equal lengths"):
         run({"q_lr": [1e-3, 3e-4], "model_lr": [1e-3]})
     with pytest.raises(ValueError, match="`q_lr` must be > 0"):
         run({"q_lr": [1e-3, -1.0]})
-    with pytest.raises(ValueError, match="`epsilon` must be in"):
+    with pytest.raises(ValueError, match="`epsilon` must be <= 1.0"):
         run({"epsilon": [0.1, 2.0]})
     with pytest.raises(ValueError, match=r"sweep\['gamma'\]` must be a non-empty list"):
         run({"gamma": []})

@@ -24,12 +24,12 @@ SWEEPABLE_AGENT_FIELDS = (
 
 def _check_positive_int(name: str, value, minimum: int = 1):
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+        raise ValueError(f"`{name}` must be a Python int >= {minimum}, got {value!r}.")
 
 
 def _check_number(name: str, value, *, low=None, high=None, low_open=False, high_open=False):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
+        raise ValueError(f"`{name}` must be a finite Python number (int or float), got {value!r}.")
     if low is not None and (value < low or (low_open and value == low)):
         raise ValueError(f"`{name}` must be {'>' if low_open else '>='} {low}, got {value!r}.")
     if high is not None and (value > high or (high_open and value == high)):

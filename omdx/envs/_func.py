@@ -261,6 +261,8 @@ def make(env_id: str, *, distractors: int = 0, max_episode_steps: int | None = N
             "Wrap any other gymnasium `FuncEnv` with `omdx.envs.FuncEnvAdapter`, or run a "
             "gymnasium environment in a host loop with `omdx.envs.HostEnv`."
         )
+    if not isinstance(distractors, int) or isinstance(distractors, bool) or distractors < 0:
+        raise ValueError(f"`distractors` must be a non-negative int, got {distractors!r}.")
     factory, limit = _KNOWN_ENVS[env_id]
     func_env, params = factory()
     env = FuncEnvAdapter(
