@@ -23,6 +23,7 @@ function, and cosine similarity / relative error of the gradient to the referenc
 
 import argparse
 import math
+import os
 import pathlib
 import statistics
 import sys
@@ -424,8 +425,17 @@ def network_problem(
 # --------------------------------------------------------------------------- running
 
 
-def run_problem(problem: Problem, repeats: int) -> list[dict]:
-    """Compile every method, check it runs, then time them all round-robin."""
+def load_average() -> float | None:
+    """The 1-minute load average, or `None` where the platform has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def run_problem(problem: Problem, repeats: int, loads: list | None = None) -> list[dict]:
+    """Compile every method, check it runs, then time them all round-robin. The 1-minute
+    load average at the start and at the end of the timing is appended to `loads`."""
     rows, grads, timed = [], {}, []
     print(f"\n== {problem.name}", flush=True)
     for method in problem.methods:
@@ -458,7 +468,11 @@ def run_problem(problem: Problem, repeats: int) -> list[dict]:
 
     print(f"  timing {len(timed)} methods round-robin, {repeats} rounds ...", flush=True)
     fns = [f.call for _, fwd, both, bwd in timed for f in (fwd, both, bwd)]
+    if loads is not None:
+        loads.append(load_average())
     samples = time_round_robin(fns, repeats)
+    if loads is not None:
+        loads.append(load_average())
     for i, (row, *_) in enumerate(timed):
         t_fwd, t_both, t_alone = samples[3 * i : 3 * i + 3]
         row["bwd_alone_ms"] = 1e3 * statistics.median(t_alone)
@@ -542,7 +556,28 @@ def build_problems(args) -> list[Problem]:
     return problems
 
 
-def write_results(rows, problems, args, out: pathlib.Path):
+def load_note(loads: list, cores: int | None) -> str:
+    """What the load measured around the timing says about the times: the warning that
+    the machine was shared only where the load exceeded the core count."""
+    loads = [load for load in loads if load is not None]
+    if not loads or not cores:
+        return ""
+    low, high = min(loads), max(loads)
+    if high > cores:
+        return (
+            " The machine was shared with other jobs while this ran (1-minute load average up "
+            f"to {high:.1f} at the start or end of a problem's timing, above its {cores} "
+            "cores), so sub-millisecond times carry noise of tens of per cent; the memory, the "
+            "cosines and the orders of magnitude of the ratios are the robust part."
+        )
+    span = f"{low:.1f}" if f"{low:.1f}" == f"{high:.1f}" else f"{low:.1f} to {high:.1f}"
+    return (
+        f" The 1-minute load average was {span} at the start and end of each problem's "
+        f"timing ({cores} cores)."
+    )
+
+
+def write_results(rows, problems, args, out: pathlib.Path, loads: list = ()):
     command = " ".join(["`.venv/bin/python", "benchmarks/adjoints.py", *sys.argv[1:]]) + "`"
     header = [
         "# Adjoint benchmark (issue 2)",
@@ -559,10 +594,7 @@ def write_results(rows, problems, args, out: pathlib.Path):
         "beforehand), the cleaner number where the forward is long and noisy. "
         "`grad_temp_mib`: XLA's compiled temp (scratch) memory of the gradient function "
         "(`memory_analysis().temp_size_in_bytes`). `cosine` / `rel_error`: of the gradient "
-        "against the problem's reference. The machine was shared with other jobs while "
-        "this ran (load average above the core count), so sub-millisecond times carry "
-        "noise of tens of per cent; the memory, the cosines and the orders of magnitude of the "
-        "ratios are the robust part.",
+        "against the problem's reference." + load_note(list(loads), os.cpu_count()),
         "",
     ]
     for problem in problems:
@@ -599,13 +631,14 @@ def main(argv=None):
     out = args.out or (None if args.quick else RESULTS / "adjoints.md")
 
     problems = build_problems(args)
-    rows = []
+    rows, loads = [], []
     for problem in problems:
-        rows += run_problem(problem, args.repeats)
+        rows += run_problem(problem, args.repeats, loads)
     print()
     print(markdown_table(rows, COLUMNS, precision=4))
+    print(load_note(loads, os.cpu_count()).strip())
     if out is not None:
-        write_results(rows, problems, args, out)
+        write_results(rows, problems, args, out, loads)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ as distracting dimensions are added.
 
 Each setting (model hidden size, distractors) trains every agent on all seeds in one
 compiled, vmapped run. A seed that diverges (a non-finite return or loss, which stops
-`omdx.train`) is dropped from its setting and named in the table; the study goes on.
+`omdx.train`) is dropped from its setting and named in the table, with the step by which
+it diverged; the study goes on.
 Writes `benchmarks/results/cartpole_misspec.{md,csv}` and `cartpole_misspec.png` (final
 return vs setting) plus one learning-curve plot per setting.
 
@@ -14,6 +15,7 @@ return vs setting) plus one learning-curve plot per setting.
 
 import argparse
 import pathlib
+import shlex
 import time
 
 import numpy as np
@@ -111,23 +113,29 @@ def main():
     rows, table, finals = [], [], {}
     default_name = "cartpole_misspec" + (f"_k{args.inner_steps}" if args.inner_steps != 1 else "")
     out = pathlib.Path(args.out or RESULTS / default_name)
+    command = [
+        "python benchmarks/cartpole_misspec.py",
+        f"--steps {args.steps}",
+        f"--seeds {args.seeds}",
+        " ".join(["--hidden", *map(str, args.hidden)]),
+        " ".join(["--distractors", *map(str, args.distractors)]),
+        *([f"--distractor-hidden {args.distractor_hidden}"] * (args.distractor_hidden != 32)),
+        " ".join(["--agents", *args.agents]),
+        f"--inner-steps {args.inner_steps}",
+        *(
+            [" ".join(["--likelihood-weight", *(f"{w:g}" for w in args.likelihood_weight)])]
+            if args.likelihood_weight != [0.0]
+            else []
+        ),
+        *(["--bound-predictions"] if args.bound_predictions else []),
+        *([f"--adjoint {args.adjoint}"] if args.adjoint != "identity" else []),
+        *(["--x64"] if args.x64 else []),
+        # As typed (relative or not): run as printed, the command rewrites these files.
+        *([f"--out {shlex.quote(args.out)}"] if args.out is not None else []),
+    ]
     header = (
         "# CartPole misspecification study\n\n"
-        f"`python benchmarks/cartpole_misspec.py --steps {args.steps} --seeds {args.seeds} "
-        f"--hidden {' '.join(map(str, args.hidden))} --distractors "
-        f"{' '.join(map(str, args.distractors))} "
-        + (f"--distractor-hidden {args.distractor_hidden} " if args.distractor_hidden != 32 else "")
-        + f"--agents {' '.join(args.agents)} "
-        f"--inner-steps {args.inner_steps}"
-        + (
-            f" --likelihood-weight {' '.join(f'{w:g}' for w in args.likelihood_weight)}"
-            if args.likelihood_weight != [0.0]
-            else ""
-        )
-        + (" --bound-predictions" if args.bound_predictions else "")
-        + (f" --adjoint {args.adjoint}" if args.adjoint != "identity" else "")
-        + (" --x64" if args.x64 else "")
-        + "`: "
+        f"`{' '.join(command)}`: "
         f"per agent, the final return (mean of the last {FINAL_EVALS} evaluations of each seed, "
         f"10 greedy episodes each) and the mean return over the whole run (area under the "
         f"curve), mean ± 95% interval over {args.seeds} seeds, after {args.steps} environment "
@@ -137,7 +145,8 @@ def main():
         f"{jax.devices()[0].platform}, omdx at commit {_commit()}; `s` is the wall-clock "
         "seconds of each run (all seeds, "
         "compilation included). A seed whose return or loss turned non-finite is named in "
-        "its setting's final-return cell; the statistics are then over the other seeds "
+        "its setting's final-return cell, with the step by which it had (its first "
+        "evaluation with a non-finite value); the statistics are then over the other seeds "
         "(and the CSV holds only theirs). The paper ran 200 000 steps (`--steps 200000`).\n\n"
         f"![final return]({out.name}.png)\n\n"
     )
@@ -162,12 +171,14 @@ def main():
             except omdx.TrainingDiverged as error:
                 # The seeds that stayed finite train to the end and are reported on their
                 # own; the table names the others.
-                result, note = _finite_seeds(error.result, error.diverged)
+                result, note = _finite_seeds(
+                    error.result, error.diverged, train_config.learning_starts
+                )
                 print(f"hidden={hidden} distractors={distractors} {label}: {error}", flush=True)
             seconds = time.perf_counter() - start
             if len(result.seeds) == 0:
                 finals[(hidden, distractors, label)] = (np.nan, np.nan)
-                line[f"{label} final"] = note
+                line[f"{label} final"] = final_cell(np.nan, np.nan, note)
                 line[f"{label} AUC"] = line[f"{label} model MSE"] = "-"
                 line[f"{label} s"] = round(seconds)
                 continue
@@ -176,7 +187,7 @@ def main():
             mean, half = summary["final_return_mean"], summary["final_return_ci95"]
             auc_mean, auc_half = summary["auc_mean"], summary["auc_ci95"]
             finals[(hidden, distractors, label)] = (mean, half)
-            line[f"{label} final"] = f"{mean:.1f} ± {half:.1f}" + (f" ({note})" if note else "")
+            line[f"{label} final"] = final_cell(mean, half, note)
             line[f"{label} AUC"] = f"{auc_mean:.1f} ± {auc_half:.1f}"
             line[f"{label} model MSE"] = f"{summary['final_model_error_mean']:.3g}"
             line[f"{label} s"] = round(seconds)
@@ -222,13 +233,63 @@ def main():
     print(markdown_table(table))
 
 
-def _finite_seeds(result, diverged: np.ndarray):
+def _finite_seeds(result, diverged: np.ndarray, learning_starts: int):
     """The runs of `result` (a `TrainResult`) that stayed finite, and a note naming the
-    others."""
+    others and the step by which each diverged."""
     from omdx._train import _runs_of
 
-    dropped = ", ".join(str(seed) for seed in result.seeds[diverged])
-    return _runs_of(result, ~diverged), f"seed {dropped} of {len(result.seeds)} diverged"
+    steps = divergence_steps(result, learning_starts)
+    dropped = [(int(seed), steps[i]) for i, seed in enumerate(result.seeds) if diverged[i]]
+    return _runs_of(result, ~diverged), diverged_note(dropped, len(result.seeds))
+
+
+def divergence_steps(result, learning_starts: int) -> list[int | None]:
+    """Per run of `result` (a `TrainResult`, or anything with its `seeds`, `eval_steps`,
+    `eval_returns` and `metrics`), the step by which it diverged: its first evaluation at
+    which `omdx.train`'s own check (`omdx._train._divergence`, applied here to that
+    evaluation alone) finds a non-finite return or loss; `None` for a run that stayed
+    finite. `learning_starts` is the `TrainConfig`'s: the windows that made no update
+    hold NaN metrics by design and, as in `omdx.train`, are not counted."""
+    from omdx._train import _divergence, _updated_metrics
+
+    eval_steps = np.asarray(result.eval_steps)
+    # As `omdx.train` marks them: a window updated if its last step did.
+    checked = _updated_metrics(result.metrics, eval_steps - 1 >= learning_starts)
+    first: list[int | None] = [None] * len(result.seeds)
+    for j, step in enumerate(eval_steps):
+        _, bad = _divergence(
+            np.asarray(result.eval_returns)[:, j : j + 1],
+            {name: np.asarray(values)[:, j : j + 1] for name, values in checked.items()},
+            np.asarray(result.seeds),
+            eval_steps[j : j + 1],
+        )
+        for i in np.nonzero(bad)[0]:
+            if first[i] is None:
+                first[i] = int(step)
+    return first
+
+
+def diverged_note(dropped: list[tuple[int, int | None]], n_seeds: int) -> str:
+    """`"seeds 3 and 4 of 10 diverged, by steps 112 000 and 154 000"` for `dropped` =
+    `[(seed, step by which it diverged, or None if unknown), ...]`; "" for none."""
+    if not dropped:
+        return ""
+
+    def listed(items):
+        return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+    seeds = listed([str(seed) for seed, _ in dropped])
+    steps = listed(["?" if step is None else f"{step:,}".replace(",", " ") for _, step in dropped])
+    plural = "s" if len(dropped) > 1 else ""
+    return f"seed{plural} {seeds} of {n_seeds} diverged, by step{plural} {steps}"
+
+
+def final_cell(mean: float, half: float, note: str = "") -> str:
+    """A setting's final-return cell: mean ± 95% half-width, and the note on the seeds
+    that diverged (the note alone when every seed did: there is no mean)."""
+    if np.isnan(mean):
+        return note or "-"
+    return f"{mean:.1f} ± {half:.1f}" + (f" ({note})" if note else "")
 
 
 def _commit() -> str:

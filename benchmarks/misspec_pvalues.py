@@ -59,15 +59,22 @@ def final_returns(path) -> dict:
 
 
 EXACT_LIMIT = 1_000_000  # relabellings enumerated; beyond, a seeded random sample of them
+SAMPLES = 200_000  # the size of that sample
 
 
-def permutation_p_value(a: np.ndarray, b: np.ndarray, samples: int = 200_000) -> float:
+def permutation_is_exact(n_a: int, n_b: int) -> bool:
+    """Whether `permutation_p_value` enumerates every relabelling of groups of `n_a` and
+    `n_b` seeds (at most `EXACT_LIMIT` of them) rather than sampling `SAMPLES`."""
+    return math.comb(n_a + n_b, n_a) <= EXACT_LIMIT
+
+
+def permutation_p_value(a: np.ndarray, b: np.ndarray, samples: int = SAMPLES) -> float:
     """Two-sided permutation test of the difference in means: exact (every relabelling)
     when there are at most `EXACT_LIMIT` relabellings, else over `samples` random ones
     (seeded, so the same data give the same p)."""
     pooled = np.concatenate([a, b])
     observed = abs(a.mean() - b.mean())
-    if math.comb(len(pooled), len(a)) <= EXACT_LIMIT:
+    if permutation_is_exact(len(a), len(b)):
         splits = np.array(list(itertools.combinations(range(len(pooled)), len(a))))
     else:
         rng = np.random.default_rng(0)
@@ -79,9 +86,32 @@ def permutation_p_value(a: np.ndarray, b: np.ndarray, samples: int = 200_000) ->
     return float(np.mean(np.abs(diffs) >= observed - 1e-9))
 
 
-def format_p(p: float) -> str:
-    """A p-value to three decimals, or "< 0.001" where three decimals would show zero."""
-    return "< 0.001" if p < 0.0005 else f"{p:.3f}"
+SAMPLED_MARK = "†"  # on a p-value computed from a sample of the relabellings
+
+
+def format_p(p: float, exact: bool = True) -> str:
+    """A p-value to three decimals, or "< 0.001" where three decimals would show zero;
+    marked "†" where it was sampled (`exact` false)."""
+    return ("< 0.001" if p < 0.0005 else f"{p:.3f}") + ("" if exact else SAMPLED_MARK)
+
+
+def p_value_method(exact: list[bool]) -> str:
+    """How the p-values of one output were computed, given whether each was exact: "exact"
+    only if every one was (`permutation_is_exact`), else how many were sampled, and from
+    how many relabellings."""
+    if all(exact):
+        return "two-sided exact permutation test (every relabelling of the pooled seeds)"
+    sampled = sum(not e for e in exact)
+    return (
+        "two-sided permutation test, exact (every relabelling of the pooled seeds) where "
+        f"there are at most {_spaced(EXACT_LIMIT)} relabellings and otherwise over a seeded "
+        f"random sample of {_spaced(SAMPLES)} of them: {sampled} of the {len(exact)} "
+        f"p-values here {'was' if sampled == 1 else 'were'} sampled (marked {SAMPLED_MARK})"
+    )
+
+
+def _spaced(n: int) -> str:
+    return f"{n:,}".replace(",", " ")
 
 
 def merged_final_returns(paths) -> dict:
@@ -126,6 +156,7 @@ def main():
         groups = [(name, merged_final_returns(args.csv))]
     else:
         groups = [(pathlib.Path(p).stem, final_returns(p)) for p in args.csv]
+    exact = []
     for name, finals in groups:
         for hidden, distractors in sorted({(h, d) for h, d, _ in finals}):
             first = finals.get((hidden, distractors, a))
@@ -133,18 +164,23 @@ def main():
             if first is None or second is None:
                 continue
             p = permutation_p_value(first, second)
+            exact.append(permutation_is_exact(len(first), len(second)))
             lines.append(
                 f"| {name} | {hidden} | {distractors} | {first.mean():.1f} | "
-                f"{second.mean():.1f} | {first.mean() - second.mean():+.1f} | {format_p(p)} |"
+                f"{second.mean():.1f} | {first.mean() - second.mean():+.1f} | "
+                f"{format_p(p, exact[-1])} |"
             )
     text = "\n".join(lines)
+    description = p_value_method(exact)
     print(text)
+    if not all(exact):
+        print(f"\np: {description}.")
     if args.out:
         pathlib.Path(args.out).write_text(
             f"# {a.upper()} vs {b.upper()}: permutation tests\n\n"
             "`python benchmarks/misspec_pvalues.py "
             + " ".join(sys.argv[1:])
-            + "`: two-sided exact permutation test on the per-seed final returns (mean of "
+            + f"`: {description}, on the per-seed final returns (mean of "
             f"the last {FINAL_EVALS} evaluations).\n\n" + text + "\n"
         )
 

@@ -28,6 +28,8 @@ from misspec_pvalues import (
     FINAL_EVALS,
     format_p,
     merged_final_returns,
+    p_value_method,
+    permutation_is_exact,
     permutation_p_value,
     read_curves,
 )
@@ -41,7 +43,8 @@ BLOWUP_LOSS = 1e6
 
 
 class ArmSummary(NamedTuple):
-    """One arm in one setting. `blown_up` is `None` where the CSV has no Q losses."""
+    """One arm in one setting. `blown_up` is `None` where the CSV has no Q losses;
+    `p_exact` whether `p` enumerated every relabelling (`None` with no `p`)."""
 
     mean: float
     half_width: float
@@ -49,6 +52,7 @@ class ArmSummary(NamedTuple):
     diverged: int
     blown_up: int | None
     p: float | None
+    p_exact: bool | None = None
 
 
 def curve_ends(paths) -> dict:
@@ -87,9 +91,10 @@ def summarise(
                 )
             mean, half = mean_and_interval(values)
             reference_values = finals.get((hidden, distractors, reference))
-            p = None
+            p = p_exact = None
             if agent != reference and reference_values is not None and len(values) > 0:
                 p = permutation_p_value(values, reference_values)
+                p_exact = permutation_is_exact(len(values), len(reference_values))
             losses = [
                 loss
                 for (h, d, a, _), (_, loss) in (ends or {}).items()
@@ -99,7 +104,7 @@ def summarise(
             if losses and None not in losses:
                 blown_up = sum(loss > blowup_loss for loss in losses)
             summary[(hidden, distractors, agent)] = ArmSummary(
-                mean, half, values, seeds - len(values), blown_up, p
+                mean, half, values, seeds - len(values), blown_up, p, p_exact
             )
     return summary
 
@@ -134,7 +139,7 @@ def markdown(summary, agents: list[str], reference: str) -> str:
                 cell += f" ({', '.join(notes)})"
             cells.append(cell)
             if agent != reference:
-                cells.append("-" if entry.p is None else format_p(entry.p))
+                cells.append("-" if entry.p is None else format_p(entry.p, entry.p_exact))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -245,12 +250,13 @@ def main():
         diverged[agent] += entry.diverged
         started[agent] += args.seeds
     counts = ", ".join(f"{agent} {diverged[agent]} of {started[agent]}" for agent in agents)
+    method = p_value_method([entry.p_exact for entry in summary.values() if entry.p is not None])
     text = (
         f"# {args.title}\n\n`python benchmarks/misspec_summary.py "
         + shlex.join(sys.argv[1:])
         + f"`: {runs} runs of {args.seeds} seeds, each ending at step {steps.pop()}. Final "
         f"return = mean of a seed's last {FINAL_EVALS} evaluations; mean ± 95% interval over "
-        "the seeds that stayed finite; p = two-sided exact permutation test on the per-seed "
+        f"the seeds that stayed finite; p = {method}, on the per-seed "
         f"final returns against {args.reference}. Seeds that diverged (a non-finite value "
         f"stopped them): {counts}. Where the CSV has the Q losses, a finite seed whose "
         f"Bellman loss on real transitions ended above {args.blowup_loss:g} is counted as "

@@ -1,15 +1,18 @@
 """The study tools under `benchmarks/` that turn result CSVs into tables: pooling,
-divergence counts and permutation p-values (on small hand-made CSVs)."""
+divergence counts and permutation p-values (on small hand-made CSVs), and the labels the
+benchmark scripts write (diverged seeds, the p-value method, the machine's load)."""
 
 import csv
 import pathlib
 import sys
+import types
 
 import numpy as np
 import pytest
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
+import cartpole_misspec  # noqa: E402
 import misspec_pvalues  # noqa: E402
 import misspec_summary  # noqa: E402
 
@@ -105,3 +108,78 @@ def test_summary_counts_seeds_whose_final_q_loss_blew_up(tmp_path):
     assert strict[(4, 0, "vep-x64")].blown_up == 1
     table = misspec_summary.markdown(strict, ["vep-x64"], "mle")
     assert "(1 blown up)" in table
+
+
+def test_permutation_method_says_exact_only_when_every_p_value_was():
+    assert misspec_pvalues.permutation_is_exact(10, 10)  # C(20, 10) = 184 756
+    assert not misspec_pvalues.permutation_is_exact(12, 12)  # C(24, 12) = 2 704 156
+    exact = misspec_pvalues.p_value_method([True, True])
+    assert "exact permutation test" in exact and "sampled" not in exact
+    mixed = misspec_pvalues.p_value_method([True, False, True])
+    assert "two-sided exact" not in mixed
+    assert "random sample of 200 000" in mixed and "1 of the 3 p-values here was sampled" in mixed
+    assert misspec_pvalues.format_p(0.0123, exact=False) == "0.012†"
+    assert misspec_pvalues.format_p(0.0001) == "< 0.001"
+
+
+def test_summary_marks_a_sampled_p_value(tmp_path):
+    # 12 seeds against 12: C(24, 12) > EXACT_LIMIT, so the p-value is sampled.
+    runs = {
+        ("mle", 2, 0): {seed: float(seed) for seed in range(12)},
+        ("omd", 2, 0): {seed: 100.0 + seed for seed in range(12)},
+    }
+    finals = misspec_pvalues.merged_final_returns([_write_study(tmp_path / "s.csv", runs)])
+    summary = misspec_summary.summarise(finals, seeds=12, agents=["mle", "omd"], reference="mle")
+    assert summary[(2, 0, "omd")].p_exact is False
+    assert summary[(2, 0, "mle")].p_exact is None
+    assert "< 0.001†" in misspec_summary.markdown(summary, ["mle", "omd"], "mle")
+
+
+def test_diverged_note_names_each_seed_and_its_step():
+    note = cartpole_misspec.diverged_note
+    assert note([], 10) == ""
+    assert note([(3, 112_000)], 10) == "seed 3 of 10 diverged, by step 112 000"
+    assert (
+        note([(3, 112_000), (4, 154_000)], 10)
+        == "seeds 3 and 4 of 10 diverged, by steps 112 000 and 154 000"
+    )
+    assert note([(0, 5000), (2, None), (7, 9000)], 8) == (
+        "seeds 0, 2 and 7 of 8 diverged, by steps 5 000, ? and 9 000"
+    )
+    cell = cartpole_misspec.final_cell
+    assert cell(210.04, 31.26, note([(3, 112_000)], 10)) == (
+        "210.0 ± 31.3 (seed 3 of 10 diverged, by step 112 000)"
+    )
+    assert cell(210.04, 31.26) == "210.0 ± 31.3"
+    assert cell(np.nan, np.nan, "seeds 0 and 1 of 2 diverged, by steps 3000 and 4000") == (
+        "seeds 0 and 1 of 2 diverged, by steps 3000 and 4000"
+    )
+
+
+def test_divergence_steps_follow_omdx_train():
+    # Four runs, evaluations at steps 1000..5000; updates start at step 2000, so the first
+    # window's losses are NaN by design (not a divergence). Run 1's return turns infinite at
+    # 3000; run 2's Q loss at 4000; run 3 stays finite; run 0 has a NaN model loss at 5000.
+    steps = np.arange(1, 6) * 1000
+    returns = np.ones((4, 5))
+    returns[1, 2:] = np.inf
+    q_loss = np.ones((4, 5))
+    q_loss[:, 0] = np.nan
+    q_loss[2, 3] = np.nan
+    model_loss = np.zeros((4, 5))
+    model_loss[:, 0] = np.nan
+    model_loss[0, 4] = np.nan
+    result = types.SimpleNamespace(
+        seeds=np.array([10, 11, 12, 13]),
+        eval_steps=steps,
+        eval_returns=returns,
+        metrics={"q_real_loss": q_loss, "model_loss": model_loss, "model_error": q_loss * 0},
+    )
+    found = cartpole_misspec.divergence_steps(result, learning_starts=1000)
+    assert found == [5000, 3000, 4000, None]
+    # The mask `omdx.train` raises with marks the same runs.
+    from omdx._train import _divergence, _updated_metrics
+
+    checked = _updated_metrics(result.metrics, steps - 1 >= 1000)
+    _, diverged = _divergence(returns, checked, result.seeds, steps)
+    assert diverged.tolist() == [step is not None for step in found]
