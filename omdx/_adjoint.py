@@ -148,9 +148,10 @@ Neumann.__init__.__doc__ = r"""**Arguments:**
 class Damped(lx.AbstractLinearSolver):
     r"""Solve $(A + \lambda I)x = b$ with another solver, keeping $A$'s tags.
 
-    Damping regularises a Hessian that is only positive *semi*-definite (a network's
-    Bellman loss away from its minimum), as the paper's CG adjoint did with
-    $\lambda = 10^{-5}$.
+    Damping regularises a Hessian that is only positive *semi*-definite (singular: a
+    network's Bellman loss at a minimum, flat along its ReLU rescalings), as the paper's
+    CG adjoint did with $\lambda = 10^{-5}$. It does not make an indefinite Hessian (a
+    network's loss away from its minimum) definite: [`omdx.TruncatedCG`][] handles that.
     """
 
     solver: lx.AbstractLinearSolver
@@ -368,7 +369,8 @@ def resolve_adjoint(
         `"direct"` otherwise), one of `"direct"`, `"gmres"`, `"cg"`, `"neumann"`,
         `"identity"`, or any `lineax.AbstractLinearSolver`.
     - `symmetric`: whether the residual is a gradient, so that its Jacobian is a
-        symmetric (positive semidefinite) Hessian. It also fixes the sign convention
+        symmetric Hessian (positive semidefinite for a convex loss or near a minimum,
+        often indefinite for a network's loss away from it). It also fixes the sign convention
         of `"neumann"` and `"identity"`: a Hessian for `symmetric=True`, a fixed-point
         residual $T(y) - y$ (with Jacobian near $-I$) for `symmetric=False`.
     - `dtype`: the floating-point type of the problem, which sets the tolerance of

@@ -149,8 +149,10 @@ def solve_inner(
         [`omdx.truncated_cg`][]. Defaults to `"cg"` if `symmetric` else `"direct"`.
         See [`omdx.resolve_adjoint`][] for what each name means.
     - `symmetric`: set when the residual is a gradient, so its Jacobian is a symmetric
-        positive semidefinite Hessian. Tags the operator for CG, and sets the sign
-        convention of `"neumann"`/`"identity"`.
+        Hessian. Tags the operator symmetric positive semidefinite for CG (it is PSD for a
+        convex loss or near a minimum; where it is not, as often for a network's loss
+        away from its minimum, use [`omdx.truncated_cg`][], which stops at negative
+        curvature), and sets the sign convention of `"neumann"`/`"identity"`.
     - `has_aux`: whether `residual` returns `(f, aux)`; `aux` is `solution.aux`.
     - `max_steps`: the solver's step limit.
     - `throw`: raise if the solver fails (runs out of steps, diverges). With a fixed

@@ -145,8 +145,8 @@ AgentConfig.__init__.__doc__ = r"""**Arguments:**
     output weights, so without it the inner Hessian is singular at every solution and the
     exact implicit gradient is ill-posed; a small $\mu$ makes it well-posed.
 - `inner_optimiser`: `"adam"` (persistent state across updates, as the paper) or `"sgd"`.
-- `adjoint`: OMD's backward pass: `"identity"` (the paper's default, Hessian $\approx I$
-    scaled by `adjoint_scale`), `"neumann"` (`adjoint_steps` terms with step
+- `adjoint`: OMD's backward pass: `"identity"` (the paper's default, inverse Hessian
+    $\approx$ `adjoint_scale` $\cdot I$), `"neumann"` (`adjoint_steps` terms with step
     `adjoint_scale`), `"cg"` (`adjoint_steps` CG iterations on $H + \lambda I$, the paper's
     "inverse Jacobian"), `"gmres"` (GMRES on $H + \lambda I$ with `adjoint_steps`
     Krylov vectors in all, in cycles of at most 20), or `"direct"` (dense LU on

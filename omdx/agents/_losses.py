@@ -201,8 +201,10 @@ class BellmanRegressionGradient(eqx.Module):
 def prediction_errors(
     model: DynamicsModel, batch: Transition, config: AgentConfig
 ) -> tuple[Scalar, Scalar]:
-    """Mean squared error of the model's mean prediction of $s'$ and $r$ on real data (as
-    the agent uses it: bounded when `config.bound_predictions`)."""
+    r"""The errors of the model's mean prediction of $s'$ and $r$ on real data (as the agent
+    uses it: bounded when `config.bound_predictions`): the squared Euclidean error
+    $\|\hat s' - s'\|^2$ and the squared reward error, each averaged over the batch. The
+    first is the observation size times the per-coordinate mean in MLE's loss."""
     next_obs, reward = model_predictions(model, batch, config)
     return (
         jnp.mean(jnp.sum((next_obs - batch.next_observation) ** 2, axis=-1)),

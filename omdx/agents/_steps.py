@@ -203,8 +203,9 @@ def agent_step(
     **Returns:**
 
     `(new_state, metrics)`, metrics a dict of scalars: `model_loss` (the loss the model
-    minimises), `model_error` and `reward_error` (MSE of the model's mean prediction of
-    $s'$ and $r$ on the real batch, before the model's step: the "likelihood" side),
+    minimises), `model_error` and `reward_error` (the squared errors of the model's mean
+    prediction of $s'$, summed over its coordinates, and of $r$, averaged over the real
+    batch, before the model's step: the "likelihood" side),
     `q_model_loss` and `q_real_loss` (the Bellman loss on model transitions before the
     last of the `inner_steps` steps, so before the inner solve for $K = 1$, and on real
     transitions after the solve), `model_grad_norm` (for OMD, the implicit

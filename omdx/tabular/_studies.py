@@ -127,7 +127,10 @@ def bounds_study(
     $\hat Q$, as the notebook does), and the MLE bound
     $\epsilon_r / (1 - \gamma) + \gamma \epsilon_p r_{\max} / (2 (1 - \gamma)^2)$ with
     $\epsilon_r = \max|\hat r - r|$, $\epsilon_p = \max_{s,a} \|\hat P(\cdot|s,a) -
-    P(\cdot|s,a)\|_1$ and $r_{\max} = \max|r|$. Both bounds are computed for every run.
+    P(\cdot|s,a)\|_1$ and $r_{\max} = \max|r|$, as the notebook computes them. Both bounds
+    are computed for every run. The MLE bound assumes rewards in $[0, r_{\max}]$: with
+    rewards of both signs it can fail unless $r_{\max}$ is the reward range (it held on
+    the paper's MDP in every run of the benchmark).
 
     **Arguments:**
 
