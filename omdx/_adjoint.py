@@ -242,9 +242,11 @@ class TruncatedCG(lx.AbstractLinearSolver[_TruncatedCGState]):
     early when the residual vanishes or when it meets a direction of non-positive
     curvature ($p^\top (A + \lambda I) p \leq 0$), returning the iterate reached so far: the
     truncated CG of Newton-CG and Steihaug's method. The Hessian of a network's Bellman loss
-    away from its minimum is often indefinite, and `lineax.CG` returns NaN there; this
-    solver never does. It reports success whatever happens (a fixed budget spent by design
-    must not raise inside `jax.grad`); `stats` hold `num_steps` and `negative_curvature`.
+    away from its minimum is often indefinite, and `lineax.CG` can break down there
+    (dividing by a curvature near zero, or missing its tolerance within its steps, which
+    raises inside `jax.grad`); this solver does not. It reports success whatever happens
+    (a fixed budget spent by design must not raise inside `jax.grad`); `stats` hold
+    `num_steps` and `negative_curvature`.
 
     This is the paper's "inverse Jacobian" adjoint (100 iterations, $\lambda = 10^{-5}$).
     The operator must be symmetric: use it with `solve_inner(..., symmetric=True)`.
