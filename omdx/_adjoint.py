@@ -145,7 +145,28 @@ Neumann.__init__.__doc__ = r"""**Arguments:**
 """
 
 
-class Damped(lx.AbstractLinearSolver):
+class _AbstractWrapper(lx.AbstractLinearSolver):
+    """A solver that runs another, `solver`, changing one step of it."""
+
+    solver: eqx.AbstractVar[lx.AbstractLinearSolver]
+
+    def init(self, operator, options):
+        return self.solver.init(operator, options)
+
+    def compute(self, state, vector, options):
+        return self.solver.compute(state, vector, options)
+
+    def transpose(self, state, options):
+        return self.solver.transpose(state, options)
+
+    def conj(self, state, options):
+        return self.solver.conj(state, options)
+
+    def assume_full_rank(self) -> bool:
+        return self.solver.assume_full_rank()
+
+
+class Damped(_AbstractWrapper):
     r"""Solve $(A + \lambda I)x = b$ with another solver, keeping $A$'s tags.
 
     Damping regularises a Hessian that is only positive *semi*-definite (singular: a
@@ -182,18 +203,6 @@ class Damped(lx.AbstractLinearSolver):
     def init(self, operator: lx.AbstractLinearOperator, options: dict[str, Any]):
         return self.solver.init(self._damp(operator), options)
 
-    def compute(self, state, vector, options):
-        return self.solver.compute(state, vector, options)
-
-    def transpose(self, state, options):
-        return self.solver.transpose(state, options)
-
-    def conj(self, state, options):
-        return self.solver.conj(state, options)
-
-    def assume_full_rank(self) -> bool:
-        return self.solver.assume_full_rank()
-
 
 Damped.__init__.__doc__ = r"""**Arguments:**
 
@@ -202,7 +211,7 @@ Damped.__init__.__doc__ = r"""**Arguments:**
 """
 
 
-class _FixedBudget(lx.AbstractLinearSolver):
+class _FixedBudget(_AbstractWrapper):
     """Another solver run as a fixed budget: its iterate is the answer, whatever its own
     convergence test says.
 
@@ -214,22 +223,10 @@ class _FixedBudget(lx.AbstractLinearSolver):
 
     solver: lx.AbstractLinearSolver
 
-    def init(self, operator, options):
-        return self.solver.init(operator, options)
-
     def compute(self, state, vector, options):
         solution, result, stats = self.solver.compute(state, vector, options)
         finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jtu.tree_leaves(solution)]))
         return solution, lx.RESULTS.where(finite, lx.RESULTS.successful, result), stats
-
-    def transpose(self, state, options):
-        return self.solver.transpose(state, options)
-
-    def conj(self, state, options):
-        return self.solver.conj(state, options)
-
-    def assume_full_rank(self) -> bool:
-        return self.solver.assume_full_rank()
 
 
 _TruncatedCGState: TypeAlias = lx.AbstractLinearOperator
