@@ -178,11 +178,11 @@ def _check_batch(state: AgentState, batch: Transition) -> Transition:
         out_of_range,
         f"`batch.action` must be in [0, {num_actions}): the agent has {num_actions} actions.",
     )
-    non_finite = [~jnp.isfinite(x).all() for x in (batch.observation, batch.reward)]
-    non_finite.append(~jnp.isfinite(batch.next_observation).all())
+    finite = [jnp.isfinite(x).all() for x in (batch.observation, batch.reward)]
+    finite.append(jnp.isfinite(batch.next_observation).all())
     action = eqx.error_if(
         action,
-        non_finite[0] | non_finite[1] | non_finite[2],
+        ~(finite[0] & finite[1] & finite[2]),
         "`batch` holds non-finite values (in `observation`, `reward` or `next_observation`).",
     )
     return eqx.tree_at(lambda b: b.action, batch, action)
@@ -216,7 +216,8 @@ def agent_step(
 
     `ValueError` / `TypeError` naming the field when `batch` does not fit the agent (its
     shapes, or non-integer actions), and an error at run time for an action outside
-    `[0, num_actions)`.
+    `[0, num_actions)` or non-finite observations or rewards (not inside
+    [`omdx.train`][], which switches these checks off and reports non-finite losses).
     """
     batch = _check_batch(state, batch)
     key, inner_key, model_key = jr.split(state.key, 3)

@@ -102,7 +102,7 @@ def _checked_temperature(temperature):
 
 
 def _by_temperature(temperature, soft, hard):
-    """`soft(temperature)` for $\tau > 0$, `hard()` for $\tau = 0$: chosen in Python for a
+    r"""`soft(temperature)` for $\tau > 0$, `hard()` for $\tau = 0$: chosen in Python for a
     Python number, per value for an array (a NumPy or JAX zero, or a traced or vmapped
     temperature), where the soft branch sees 1 in place of 0 so that neither it nor its
     gradient is NaN."""
