@@ -329,7 +329,8 @@ def _tree_dot(a, b):
 
 
 def truncated_cg(steps: int = 100, damping: float = 0.0) -> TruncatedCG:
-    r"""The paper's fixed-budget CG adjoint: [`omdx.TruncatedCG`][]`(steps, damping)`.
+    r"""A fixed-budget CG adjoint: [`omdx.TruncatedCG`][]`(steps, damping)`. The paper's is
+    `truncated_cg(100, 1e-5)`.
 
     **Arguments:**
 
@@ -360,13 +361,18 @@ def resolve_adjoint(
     symmetric: bool,
     dtype=jnp.float32,
 ) -> lx.AbstractLinearSolver:
-    """Turn an adjoint name (or solver) into the Lineax solver for the backward pass.
+    r"""Turn an adjoint name (or solver) into the Lineax solver for the backward pass.
 
     **Arguments:**
 
     - `adjoint`: `None` (the default for the residual type: `"cg"` when `symmetric`,
         `"direct"` otherwise), one of `"direct"`, `"gmres"`, `"cg"`, `"neumann"`,
-        `"identity"`, or any `lineax.AbstractLinearSolver`.
+        `"identity"`, or any `lineax.AbstractLinearSolver`. `"neumann"` is
+        [`omdx.Neumann`][]`(50)` with scale $\alpha = 1$, which converges only when the
+        Jacobian's eigenvalues lie in $(0, 2)$ (for `symmetric=False`, those of its
+        negative): for a Hessian with larger ones it diverges, so pass
+        `omdx.Neumann(k, scale=alpha)` with $\alpha < 2/\lambda_{\max}$ (and check it with
+        [`omdx.adjoint_diagnostics`][]). `"identity"` is `Neumann(0)`, $\pm I$.
     - `symmetric`: whether the residual is a gradient, so that its Jacobian is a
         symmetric Hessian (positive semidefinite for a convex loss or near a minimum,
         often indefinite for a network's loss away from it). It also fixes the sign convention

@@ -216,6 +216,12 @@ def evaluate(env: AbstractEnv, agent: AgentState, key: PRNGKeyArray, episodes: i
     """
     if not isinstance(episodes, int) or isinstance(episodes, bool) or episodes < 1:
         raise ValueError(f"`episodes` must be a positive int, got {episodes!r}.")
+    if jnp.ndim(agent.updates) != 0:
+        raise ValueError(
+            f"`agent` holds {jnp.shape(agent.updates)} runs (a `TrainResult`'s "
+            "`final_state.agent` has every seed): pass one, e.g. "
+            "`jax.tree.map(lambda x: x[i], agent)`, or `jax.vmap` this function over them."
+        )
     reset_key, loop_key = jr.split(key)
     states, observations = jax.vmap(env.reset)(jr.split(reset_key, episodes))
     dtype = observations.dtype

@@ -349,6 +349,9 @@ def test_bad_input_errors_name_the_argument():
         omdx.solve_inner(quadratic_gradient, y0, args, solver=optax.adam(1e-3))
     with pytest.raises(ValueError, match="`max_steps`"):
         omdx.solve_inner(quadratic_gradient, y0, args, solver=NEWTON, max_steps=0)
+    with pytest.raises(ValueError, match="takes 300 steps but `max_steps` is 256"):
+        steps = omdx.GradientSteps(optax.sgd(0.1), steps=300)
+        omdx.solve_inner(quadratic_gradient, y0, args, solver=steps)
     with pytest.raises(ValueError, match="`steps`"):
         omdx.Neumann(-1, 1.0)
     with pytest.raises(ValueError, match="`scale`"):

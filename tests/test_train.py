@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import equinox as eqx
 import gymnasium
 import jax
 import numpy as np
@@ -255,6 +256,9 @@ def test_bad_configuration_raises_before_training(cartpole):
     for episodes in [0, -1, 2.0]:
         with pytest.raises(ValueError, match="`episodes` must be a positive int"):
             omdx.evaluate(cartpole, agent, jax.random.PRNGKey(1), episodes)
+    several = jax.tree.map(lambda x: jax.numpy.stack([x, x]) if eqx.is_array(x) else x, agent)
+    with pytest.raises(ValueError, match=r"`agent` holds \(2,\) runs"):
+        omdx.evaluate(cartpole, several, jax.random.PRNGKey(1), 2)
 
 
 def test_host_loop_trains_on_a_gymnasium_env():
