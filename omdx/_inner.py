@@ -131,11 +131,13 @@ def solve_inner(
     semidefinite when `symmetric=True`. It jits, vmaps (over `y0` and `args`) and runs
     inside `lax.scan`.
 
-    !!! warning
+    !!! note
 
-        Everything the residual depends on and that should receive gradients must travel
-        in `args`: a `residual` that closes over JAX arrays breaks the implicit
-        derivative. `args` may hold arrays and Equinox modules.
+        What the residual depends on and should receive gradients may travel in `args`
+        (arrays and Equinox modules) or be closed over: Optimistix converts closures, so
+        a closed-over array is differentiated through as one in `args` (tested for root
+        finders, fixed-point and least-squares solvers). `args` keeps the dependence
+        explicit, and is what `jax.vmap` over `args` maps.
 
     **Arguments:**
 
@@ -216,7 +218,7 @@ def solve_inner(
         at_root = optx.root_find(
             residual,
             _ALREADY_SOLVED,
-            found.value,
+            _no_gradient(found.value),
             args,
             has_aux=has_aux,
             max_steps=1,

@@ -197,6 +197,36 @@ def test_minimisers_differentiate_the_residual_as_root_finders_do(solver, getkey
     assert sol.result == optx.RESULTS.successful and int(sol.stats["num_steps"]) > 1
 
 
+@pytest.mark.parametrize(
+    "solver",
+    [NEWTON, optx.FixedPointIteration(rtol=1e-12, atol=1e-12), MINIMISERS[1]],
+    ids=lambda s: type(s).__name__,
+)
+def test_closed_over_arrays_get_the_same_gradient_as_args(solver, getkey):
+    # Optimistix converts closures, so an array the residual closes over is differentiated
+    # through as one passed in `args`, for every kind of solver.
+    a = jnp.array([[1.5, 0.2], [0.2, 1.2]])
+    b = jax.random.normal(getkey(), (2,))
+
+    def residual_of(b):  # y = 0.5 tanh(y) + b - (a - I) y: a contraction's fixed point
+        return lambda y, args: b + 0.5 * jnp.tanh(y) - a @ y
+
+    def via_closure(b):
+        sol = omdx.solve_inner(residual_of(b), jnp.zeros(2), None, solver=solver, adjoint="direct")
+        return jnp.sum(jnp.sin(sol.value))
+
+    def via_args(b):
+        sol = omdx.solve_inner(
+            lambda y, b: residual_of(b)(y, None), jnp.zeros(2), b, solver=solver, adjoint="direct"
+        )
+        return jnp.sum(jnp.sin(sol.value))
+
+    expected = finite_difference_grad(via_args, b)
+    assert relative_error(jax.grad(via_args)(b), expected) < 1e-6
+    assert relative_error(jax.grad(via_closure)(b), expected) < 1e-6
+    assert relative_error(jax.jit(jax.grad(via_closure))(b), expected) < 1e-6
+
+
 def test_truncated_cg_spends_budget_without_raising(getkey):
     n = 20
     args = {"l": jax.random.normal(getkey(), (n, n)), "b": jax.random.normal(getkey(), (n,))}
