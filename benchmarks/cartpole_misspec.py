@@ -244,29 +244,17 @@ def _finite_seeds(result, diverged: np.ndarray, learning_starts: int):
 
 
 def divergence_steps(result, learning_starts: int) -> list[int | None]:
-    """Per run of `result` (a `TrainResult`, or anything with its `seeds`, `eval_steps`,
-    `eval_returns` and `metrics`), the step by which it diverged: its first evaluation at
-    which `omdx.train`'s own check (`omdx._train._divergence`, applied here to that
-    evaluation alone) finds a non-finite return or loss; `None` for a run that stayed
+    """Per run of `result` (a `TrainResult`, or anything with its `eval_steps`,
+    `eval_returns` and `metrics`), the step by which it diverged: its first evaluation with
+    a non-finite return or loss, by `omdx.train`'s own check; `None` for a run that stayed
     finite. `learning_starts` is the `TrainConfig`'s: the windows that made no update
     hold NaN metrics by design and, as in `omdx.train`, are not counted."""
-    from omdx._train import _divergence, _updated_metrics
+    from omdx._train import _non_finite, _updated_metrics, _updated_windows
 
     eval_steps = np.asarray(result.eval_steps)
-    # As `omdx.train` marks them: a window updated if its last step did.
-    checked = _updated_metrics(result.metrics, eval_steps - 1 >= learning_starts)
-    first: list[int | None] = [None] * len(result.seeds)
-    for j, step in enumerate(eval_steps):
-        _, bad = _divergence(
-            np.asarray(result.eval_returns)[:, j : j + 1],
-            {name: np.asarray(values)[:, j : j + 1] for name, values in checked.items()},
-            np.asarray(result.seeds),
-            eval_steps[j : j + 1],
-        )
-        for i in np.nonzero(bad)[0]:
-            if first[i] is None:
-                first[i] = int(step)
-    return first
+    checked = _updated_metrics(result.metrics, _updated_windows(eval_steps, learning_starts))
+    bad = np.any(list(_non_finite(np.asarray(result.eval_returns), checked).values()), axis=0)
+    return [int(eval_steps[np.argmax(row)]) if row.any() else None for row in bad]
 
 
 def diverged_note(dropped: list[tuple[int, int | None]], n_seeds: int) -> str:

@@ -133,6 +133,7 @@ def main():
 
     import omdx
     from omdx._report import markdown_table, write_csv
+    from omdx._train import _updated_windows
     from omdx.envs._func import _cartpole
 
     params = _cartpole()[1]  # the parameters of omdx's CartPole-v1: its termination region
@@ -170,7 +171,9 @@ def main():
             if agent == traced:  # the same seeds, in the same order, as `trajectory`
                 values = [trajectory.eval_returns[i], *(v[i] for v in trajectory.metrics.values())]
                 # The windows before the first update hold NaN by design.
-                learning = trajectory.eval_steps - 1 >= omdx.TrainConfig().learning_starts
+                learning = _updated_windows(
+                    trajectory.eval_steps, omdx.TrainConfig().learning_starts
+                )
                 bad = ~np.isfinite(np.stack(values)).all(axis=0) & learning
                 row["diverged"] = (
                     f"by step {int(trajectory.eval_steps[bad][0])}" if diverged[i] else "no"

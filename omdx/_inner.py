@@ -61,14 +61,17 @@ def _check_inputs(residual, y0, args, solver, has_aux, max_steps):
         not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1
     ):
         raise ValueError(f"`max_steps` must be a positive int or None, got {max_steps!r}.")
-    steps = getattr(solver, "steps", None)
-    if isinstance(solver, GradientSteps) and isinstance(steps, int) and max_steps is not None:
-        if steps > max_steps:
-            raise ValueError(
-                f"`solver` takes {steps} steps but `max_steps` is {max_steps}: the solve "
-                "would stop at `max_steps` and report failure. Pass `max_steps` >= the "
-                "solver's `steps` (or None)."
-            )
+    if (
+        isinstance(solver, GradientSteps)
+        and isinstance(solver.steps, int)  # not traced
+        and max_steps is not None
+        and solver.steps > max_steps
+    ):
+        raise ValueError(
+            f"`solver` takes {solver.steps} steps but `max_steps` is {max_steps}: the solve "
+            "would stop at `max_steps` and report failure. Pass `max_steps` >= the "
+            "solver's `steps` (or None)."
+        )
     y_leaves = jtu.tree_leaves(y0)
     if not y_leaves:
         raise ValueError("`y0` must contain at least one array.")

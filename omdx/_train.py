@@ -642,7 +642,7 @@ def train(
     runs, shards = _place_seeds(runs, devices)
 
     total_evals = train_config.steps // train_config.eval_every
-    eval_steps, returns, metric_log, updated = [], [], {}, []
+    eval_steps, returns, metric_log = [], [], {}
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -658,10 +658,8 @@ def train(
             )
         chunk_returns = np.asarray(chunk_returns)
         steps = start + train_config.eval_every * (1 + np.arange(iterations))
-        # A window ending at `step` updated if its last step did: no mean of no update.
-        chunk_updated = steps - 1 >= train_config.learning_starts
-        updated.append(chunk_updated)
-        chunk_metrics = {
+        chunk_updated = _updated_windows(steps, train_config.learning_starts)
+        chunk_metrics = {  # no mean of no update
             k: np.where(chunk_updated, np.asarray(v), np.nan) for k, v in chunk_metrics.items()
         }
         eval_steps.append(steps)
@@ -694,7 +692,14 @@ def train(
         metrics={k: np.concatenate(v, axis=1) for k, v in metric_log.items()},
         final_state=runs,
     )
-    return plan.finish(result, _updated_metrics(result.metrics, np.concatenate(updated)))
+    updated = _updated_windows(result.eval_steps, train_config.learning_starts)
+    return plan.finish(result, _updated_metrics(result.metrics, updated))
+
+
+def _updated_windows(eval_steps, learning_starts: int) -> np.ndarray:
+    """Which evaluation windows, ending at `eval_steps`, made an update: those whose last
+    step did (updates start at step `learning_starts`, counting from 0)."""
+    return np.asarray(eval_steps) - 1 >= learning_starts
 
 
 def _updated_metrics(metrics: dict[str, np.ndarray], updated) -> dict[str, np.ndarray]:
@@ -717,18 +722,23 @@ def _runs_of(result: TrainResult, runs: slice | np.ndarray) -> TrainResult:
     )
 
 
-def _divergence(returns, metrics, seeds, steps, labels=None) -> tuple[str | None, np.ndarray]:
-    """`(message, diverged)`: `diverged` marks the runs (rows) with a non-finite evaluation
-    return or loss; `message` names them, the first quantity and its step (`None` if
-    every run is finite)."""
+def _non_finite(returns, metrics) -> dict[str, np.ndarray]:
+    """Per quantity that a divergence is judged by (the evaluation return and the losses),
+    which windows (runs x evaluations) are non-finite."""
     checked = {
         "eval_return": returns,
         **{k: v for k, v in metrics.items() if k in ("model_loss", "q_real_loss", "q_model_loss")},
     }
+    return {name: ~np.isfinite(values) for name, values in checked.items()}
+
+
+def _divergence(returns, metrics, seeds, steps, labels=None) -> tuple[str | None, np.ndarray]:
+    """`(message, diverged)`: `diverged` marks the runs (rows) with a non-finite evaluation
+    return or loss; `message` names them, the first quantity and its step (`None` if
+    every run is finite)."""
     any_bad = np.zeros(np.shape(returns), bool)
     first = None
-    for name, values in checked.items():
-        bad = ~np.isfinite(values)
+    for name, bad in _non_finite(returns, metrics).items():
         if bad.any():
             any_bad |= bad
             step = int(steps[np.nonzero(bad)[1].min()])

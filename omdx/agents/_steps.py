@@ -178,11 +178,10 @@ def _check_batch(state: AgentState, batch: Transition) -> Transition:
         out_of_range,
         f"`batch.action` must be in [0, {num_actions}): the agent has {num_actions} actions.",
     )
-    finite = [jnp.isfinite(x).all() for x in (batch.observation, batch.reward)]
-    finite.append(jnp.isfinite(batch.next_observation).all())
+    data = (batch.observation, batch.reward, batch.next_observation)
     action = eqx.error_if(
         action,
-        ~(finite[0] & finite[1] & finite[2]),
+        ~jnp.all(jnp.stack([jnp.isfinite(x).all() for x in data])),
         "`batch` holds non-finite values (in `observation`, `reward` or `next_observation`).",
     )
     return eqx.tree_at(lambda b: b.action, batch, action)

@@ -13,7 +13,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 from .._adjoint import AdjointName
 from .._inner import solve_inner
 from .._small_lu import DIRECT_SMALL_LU_SIZE, direct_solver, small_solve
-from ._mdp import TabularMDP
+from ._mdp import _is_concrete, TabularMDP
 
 
 class TabularModel(eqx.Module):
@@ -92,7 +92,7 @@ def _checked_temperature(temperature):
     silently gives an anti-greedy policy): raised now for a value known now, at run time
     (by Equinox) for a traced one."""
     message = "`temperature` must be a finite number >= 0"
-    if isinstance(temperature, jax.core.Tracer):
+    if not _is_concrete(temperature):
         bad = ~(jnp.isfinite(temperature) & (temperature >= 0))
         return eqx.error_if(temperature, bad, message + ".")
     value = np.asarray(temperature)
@@ -105,8 +105,8 @@ def _by_temperature(temperature, soft, hard):
     r"""`soft(temperature)` for $\tau > 0$, `hard()` for $\tau = 0$: chosen in Python for a
     Python number, per value for an array (a NumPy or JAX zero, or a traced or vmapped
     temperature), where the soft branch sees 1 in place of 0 so that neither it nor its
-    gradient is NaN."""
-    temperature = _checked_temperature(temperature)
+    gradient is NaN. The public operators check the temperature; this runs inside the
+    solve's residual, where they already have."""
     if isinstance(temperature, (int, float)):
         return hard() if temperature == 0 else soft(temperature)
     positive = jnp.asarray(temperature) > 0
@@ -144,6 +144,10 @@ def soft_bellman_operator(
 
     `[S, A]`, $B_\tau Q$.
     """
+    return _soft_bellman(mdp, q, _checked_temperature(temperature))
+
+
+def _soft_bellman(mdp: TabularMDP, q, temperature):
     v = _soft_max(q, temperature)
     return mdp.rewards + mdp.gamma * jnp.einsum("ast,t->sa", mdp.transitions, v)
 
@@ -164,8 +168,8 @@ def bellman_operator(mdp: TabularMDP, q: Float[Array, "S A"]) -> Float[Array, "S
 
 
 def _bellman_residual(q, args):
-    mdp, temperature = args
-    return soft_bellman_operator(mdp, q, temperature) - q
+    mdp, temperature = args  # checked by `solve_q`
+    return _soft_bellman(mdp, q, temperature) - q
 
 
 def _default_tol(dtype) -> float:
@@ -271,7 +275,7 @@ def policy(q: Float[Array, "S A"], temperature: float | Scalar = 0.01) -> Float[
     `[S, A]`, the action probabilities.
     """
     return _by_temperature(
-        temperature,
+        _checked_temperature(temperature),
         lambda t: jax.nn.softmax(q / t, axis=1),
         lambda: jax.nn.one_hot(jnp.argmax(q, axis=1), q.shape[1], dtype=q.dtype),
     )
