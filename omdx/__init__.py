@@ -30,7 +30,7 @@ from ._train import (
     TrainConfig as TrainConfig,
     TrainResult as TrainResult,
 )
-from ._train_host import train_host as train_host
+from ._train_host import evaluate_host as evaluate_host, train_host as train_host
 from ._transition import Transition as Transition
 from .agents import (
     AgentConfig as AgentConfig,

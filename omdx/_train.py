@@ -141,12 +141,20 @@ TrainConfig.__init__.__doc__ = """**Arguments:**
 
 SWEEPABLE = SWEEPABLE_AGENT_FIELDS + ("epsilon",)
 _INTEGER_SWEEPS = ("inner_steps",)
+# Traced in every run, swept or not, so that a new value of one of them reuses the
+# compiled run instead of compiling another. For each, a traced value computes exactly
+# what the constant does (the tests check this bit for bit), so a run does not depend on
+# whether it was swept. The others stay constants unless swept: a constant K bounds the
+# inner loop, a constant zero `likelihood_weight` drops the likelihood term, and XLA
+# computes `x / temperature` for a constant temperature to a different last bit.
+_ALWAYS_TRACED = ("gamma", "target_update", "q_lr", "model_lr", "epsilon")
 
 
 class RunState(eqx.Module):
     """One seed's whole training state: agent, environment, replay buffer, key, and the
-    run's values of any swept hyperparameters (`{}` unless [`omdx.train`][] was given a
-    `sweep`)."""
+    run's values of the hyperparameters [`omdx.train`][] passes as arrays (those it
+    accepts in a `sweep`: always `gamma`, `target_update`, `q_lr`, `model_lr` and
+    `epsilon`, and the others when swept)."""
 
     agent: AgentState
     env_state: PyTree
@@ -199,6 +207,21 @@ def select_action(
     return jnp.where(explore, random_action, policy_action).astype(jnp.int32)
 
 
+def _check_evaluation(agent: AgentState, episodes: int) -> None:
+    """`evaluate`'s and `evaluate_host`'s checks: one agent, a positive number of episodes."""
+    if not isinstance(episodes, int) or isinstance(episodes, bool) or episodes < 1:
+        raise ValueError(f"`episodes` must be a positive int, got {episodes!r}.")
+    if not isinstance(agent, AgentState):
+        raise TypeError(f"`agent` must be an `omdx.AgentState`, got {type(agent).__name__}.")
+    if jnp.ndim(agent.updates) != 0:
+        raise ValueError(
+            f"`agent` holds {jnp.shape(agent.updates)} runs (a `TrainResult`'s "
+            "`final_state.agent` has every seed): pass one, e.g. "
+            "`jax.tree.map(lambda x: x[i] if eqx.is_array(x) else x, agent)`, or map this "
+            "function over them."
+        )
+
+
 def evaluate(env: AbstractEnv, agent: AgentState, key: PRNGKeyArray, episodes: int) -> Array:
     """Mean undiscounted return of the greedy policy of min(Q1, Q2) over `episodes`
     episodes run side by side (each stops at its first termination or truncation).
@@ -214,14 +237,12 @@ def evaluate(env: AbstractEnv, agent: AgentState, key: PRNGKeyArray, episodes: i
 
     A scalar: the mean return.
     """
-    if not isinstance(episodes, int) or isinstance(episodes, bool) or episodes < 1:
-        raise ValueError(f"`episodes` must be a positive int, got {episodes!r}.")
-    if jnp.ndim(agent.updates) != 0:
-        raise ValueError(
-            f"`agent` holds {jnp.shape(agent.updates)} runs (a `TrainResult`'s "
-            "`final_state.agent` has every seed): pass one, e.g. "
-            "`jax.tree.map(lambda x: x[i], agent)`, or `jax.vmap` this function over them."
+    if not isinstance(env, AbstractEnv):
+        raise TypeError(
+            f"`env` must be an `omdx.envs.AbstractEnv`, got {type(env).__name__}; for a "
+            "gymnasium environment stepped in Python use `omdx.evaluate_host`."
         )
+    _check_evaluation(agent, episodes)
     reset_key, loop_key = jr.split(key)
     states, observations = jax.vmap(env.reset)(jr.split(reset_key, episodes))
     dtype = observations.dtype
@@ -291,8 +312,7 @@ class _Runner(eqx.Module):
         tc = self.train_config
         agent_config = _swept_config(self.agent_config, run.hyperparameters)
         key, act_key, env_key, sample_key = jr.split(run.key, 4)
-        epsilon = run.hyperparameters.get("epsilon", tc.epsilon)
-        explore = jnp.where(t < tc.random_steps, 1.0, epsilon)
+        explore = jnp.where(t < tc.random_steps, 1.0, run.hyperparameters["epsilon"])
         action = select_action(
             run.agent,
             run.observation,
@@ -514,6 +534,10 @@ class _RunPlan(eqx.Module):
     run_values: dict[str, np.ndarray]
     run_labels: list[str]
 
+    traced_values: dict[str, np.ndarray]
+    agent_config: AgentConfig
+    train_config: TrainConfig
+
     @classmethod
     def of(cls, seeds, sweep, agent_config, train_config) -> "_RunPlan":
         seed_array = _as_seeds(seeds)
@@ -525,14 +549,43 @@ class _RunPlan(eqx.Module):
             _sweep_label({name: values[i] for name, values in run_values.items()})
             for i in range(len(run_seeds))
         ]
-        return cls(seed_array, points, run_seeds, run_values, run_labels)
+        configs = {name: agent_config for name in SWEEPABLE_AGENT_FIELDS}
+        configs["epsilon"] = train_config
+        traced_values = {
+            name: np.full(len(run_seeds), getattr(configs[name], name), float)
+            for name in _ALWAYS_TRACED
+        }
+        traced_values.update(run_values)
+        return cls(
+            seed_array,
+            points,
+            run_seeds,
+            run_values,
+            run_labels,
+            traced_values,
+            agent_config,
+            train_config,
+        )
 
     def hyperparameters(self, float_dtype) -> dict[str, Array]:
-        """Each run's swept values as arrays (`inner_steps` as integers)."""
+        """Each run's values of the traced hyperparameters (swept or always traced), as
+        arrays (`inner_steps` as integers)."""
         return {
             name: jnp.asarray(values, jnp.int32 if name in _INTEGER_SWEEPS else float_dtype)
-            for name, values in self.run_values.items()
+            for name, values in self.traced_values.items()
         }
+
+    def compiled_configs(self) -> tuple[AgentConfig, TrainConfig]:
+        """The configs the compiled run closes over: the traced hyperparameters set to the
+        defaults, so that runs differing only in them share one compilation. Their real
+        values come from `hyperparameters`."""
+        agent_defaults, train_defaults = AgentConfig(), TrainConfig()
+        agent_fields = [name for name in _ALWAYS_TRACED if name != "epsilon"]
+        agent_config = dataclasses.replace(
+            self.agent_config, **{name: getattr(agent_defaults, name) for name in agent_fields}
+        )
+        train_config = dataclasses.replace(self.train_config, epsilon=train_defaults.epsilon)
+        return agent_config, train_config
 
     def finish(self, result: TrainResult, checked_metrics: dict[str, np.ndarray] | None = None):
         """`result` (every run) as the call returns it, one per sweep point with a sweep.
@@ -590,6 +643,9 @@ def train(
         from the same initial networks. For a grid, list its product. Runs vmapped together
         with different `inner_steps` each take as long as the largest. Network sizes, the
         agent and the adjoint change the compiled program: train them in separate calls.
+        Without a sweep, `gamma`, `target_update`, `q_lr`, `model_lr` and `epsilon` are
+        passed as arrays all the same (computing exactly what constants would), so calls
+        that differ only in them share one compilation.
     - `progress`: show a progress bar over environment steps.
     - `on_chunk`: called after each chunk with a dict: `eval_steps` `[k]`, `eval_returns`
         `[n_runs, k]`, `metrics` (dict of `[n_runs, k]`), `seeds` `[n_runs]` and
@@ -632,13 +688,10 @@ def train(
             raise TypeError(
                 f"`devices` must be a non-empty list of `jax.Device`s, got {devices!r}."
             )
-    runner = _Runner(env, agent_config, train_config)
+    runner = _Runner(env, *plan.compiled_configs())
     keys = jax.vmap(jr.PRNGKey)(jnp.asarray(run_seeds))
     runs = _init_runs(runner, keys)
-    if run_values:
-        runs = dataclasses.replace(
-            runs, hyperparameters=plan.hyperparameters(jnp.result_type(float))
-        )
+    runs = dataclasses.replace(runs, hyperparameters=plan.hyperparameters(jnp.result_type(float)))
     runs, shards = _place_seeds(runs, devices)
 
     total_evals = train_config.steps // train_config.eval_every

@@ -23,6 +23,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 from ._buffer import buffer_add, buffer_init, buffer_sample, ReplayBuffer
 from ._errors import errors_off
 from ._train import (
+    _check_evaluation,
     _check_inputs,
     _divergence,
     _RunPlan,
@@ -90,7 +91,6 @@ def _tick(
     transitions: Transition | None,
     observations: Float[Array, "runs obs"],
     random_phase: Bool[Array, ""],
-    epsilon: Float[Array, ""],
     *,
     layout: _Layout,
     add: bool,
@@ -112,7 +112,7 @@ def _tick(
             batch = buffer_sample(buffer, update_key, batch_size)
             agent, metrics = agent_step(agent, batch, run_config)
             window = _accumulate(window, metrics)
-        explore = jnp.where(random_phase, 1.0, runs.hyperparameters.get("epsilon", epsilon))
+        explore = jnp.where(random_phase, 1.0, runs.hyperparameters["epsilon"])
         action = select_action(
             agent, observation, act_key, num_actions, explore_probability=explore, config=run_config
         )
@@ -125,13 +125,14 @@ def _tick(
 
 @ft.partial(jax.jit, static_argnames="layout")
 def _greedy(leaves: list[Array], observations: Float[Array, "runs episodes obs"], *, layout):
-    """Each run's greedy actions (of min(Q1, Q2)) for its episodes' observations."""
+    """Each run's greedy actions (of min(Q1, Q2)) for its episodes' observations; `leaves`
+    and `layout` are the flattened agents, runs on the leading axis."""
 
     def one_run(agent, observations):
         q = jax.vmap(agent.q)(observations)  # [episodes, 2, actions]
         return jnp.argmax(jnp.min(q, axis=1), axis=-1)
 
-    return eqx.filter_vmap(one_run)(_unflatten(layout, leaves).agent, observations)
+    return eqx.filter_vmap(one_run)(_unflatten(layout, leaves), observations)
 
 
 def _spawn(env: HostEnv) -> HostEnv:
@@ -160,13 +161,14 @@ def _spawn(env: HostEnv) -> HostEnv:
 
 def _evaluate(
     eval_envs: list[list[HostEnv]],
-    leaves: list[Array],
-    layout: _Layout,
+    agents: AgentState,
     reset_seeds: np.ndarray,
     max_steps: int,
 ) -> np.ndarray:
-    """Every run's mean greedy return over its episodes, run side by side: `eval_envs`
-    `[runs][episodes]`, each reset with its seed of `reset_seeds` `[runs, episodes]`."""
+    """Every run's mean greedy return over its episodes, run side by side: `agents` (runs
+    on the leading axis) in `eval_envs` `[runs][episodes]`, each reset with its seed of
+    `reset_seeds` `[runs, episodes]`."""
+    leaves, layout = _flatten(agents)
     observations = np.stack(
         [
             [env.reset(seed=int(seed)) for env, seed in zip(envs, seeds)]
@@ -185,6 +187,44 @@ def _evaluate(
         if done.all():
             break
     return totals.mean(axis=1)
+
+
+def evaluate_host(
+    env: HostEnv | str, agent: AgentState, episodes: int = 10, *, seed: int = 0
+) -> float:
+    """Mean undiscounted return of the greedy policy of min(Q1, Q2) on a gymnasium
+    environment stepped in Python, as [`omdx.train_host`][] evaluates: the episodes run
+    side by side, each on its own copy of `env`, until their first termination or
+    truncation. [`omdx.evaluate`][] does the same for a JAX environment, compiled.
+
+    **Arguments:**
+
+    - `env`: an [`omdx.envs.HostEnv`][] or a gymnasium id. It is copied, not stepped.
+    - `agent`: one agent's state. A `TrainResult`'s `final_state.agent` holds every
+        seed's: for seed `i`, pass
+        `jax.tree.map(lambda x: x[i] if eqx.is_array(x) else x, agent)`.
+    - `episodes`: the number of episodes.
+    - `seed`: episode `i` resets with seed `seed + i`, so the same seed gives the same
+        episodes.
+
+    **Returns:**
+
+    The mean return, a Python float.
+    """
+    if isinstance(env, str):
+        env = HostEnv(env)
+    if not isinstance(env, HostEnv):
+        raise TypeError(
+            f"`env` must be an `omdx.envs.HostEnv` or a gymnasium id, got {type(env).__name__}; "
+            "for a JAX environment use `omdx.evaluate`."
+        )
+    _check_evaluation(agent, episodes)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"`seed` must be a non-negative int, got {seed!r}.")
+    envs = [[_spawn(env) for _ in range(episodes)]]
+    agents = jax.tree.map(lambda x: x[None] if eqx.is_array(x) else x, agent)
+    reset_seeds = seed + np.arange(episodes)[None]
+    return float(_evaluate(envs, agents, reset_seeds, env.max_episode_steps)[0])
 
 
 @eqx.filter_jit
@@ -225,8 +265,9 @@ def train_host(
 
     **Arguments:**
 
-    - `env`: an [`omdx.envs.HostEnv`][] or a gymnasium id (discrete actions). The other
-        copies are made again from its gymnasium spec (or deep-copied when it has none).
+    - `env`: an [`omdx.envs.HostEnv`][] or a gymnasium id (discrete actions). The first
+        run steps it; every other run and every evaluation episode steps its own deep
+        copy (made again from the gymnasium spec when the instance cannot be copied).
     - `agent_config`, `train_config`: as for [`omdx.train`][].
     - `seeds`: a number of seeds (`0..n-1`) or a list of seeds. A seed seeds the agent,
         the environment's resets and the evaluation episodes; the same seed gives the
@@ -272,10 +313,11 @@ def train_host(
         jnp.array(False),
     )
     hyperparameters = plan.hyperparameters(dtype)
+    compiled_config = plan.compiled_configs()[0]
     spec = EnvSpec(env.observation_size, env.num_actions)
     with errors_off():
         runs = _init_runs(
-            jnp.asarray(run_seeds), hyperparameters, spec, example, agent_config, tc.capacity
+            jnp.asarray(run_seeds), hyperparameters, spec, example, compiled_config, tc.capacity
         )
     leaves, layout = _flatten(runs)
     del runs  # its arrays are donated to the first step
@@ -285,7 +327,7 @@ def train_host(
     def first_run_metrics(leaves):
         agent = _unflatten(layout, leaves).agent
         agent = jax.tree.map(lambda x: x[0] if eqx.is_array(x) else x, agent)
-        return agent_step(agent, one_batch, agent_config)[1]
+        return agent_step(agent, one_batch, compiled_config)[1]
 
     with errors_off():  # tracing outside would cache Equinox's checks for the steps below
         metric_shapes = eqx.filter_eval_shape(first_run_metrics, leaves)
@@ -298,9 +340,8 @@ def train_host(
         layout=layout,
         batch_size=tc.batch_size,
         num_actions=env.num_actions,
-        config=agent_config,
+        config=compiled_config,
     )
-    epsilon = jnp.asarray(tc.epsilon, dtype)
 
     bar = None
     if progress:
@@ -316,7 +357,6 @@ def train_host(
             None,
             observations,
             np.bool_(tc.random_steps > 0),
-            epsilon,
             add=False,
             learn=False,
         )
@@ -339,7 +379,6 @@ def train_host(
                 transitions,
                 observations,
                 np.bool_(t + 1 < tc.random_steps),
-                epsilon,
                 add=True,
                 learn=learn,
             )
@@ -359,7 +398,8 @@ def train_host(
             window, window_updates = empty_window(), 0
             episodes = evals_done * tc.eval_episodes + 1 + np.arange(tc.eval_episodes)
             reset_seeds = run_seeds[:, None].astype(np.int64) * 1_000_003 + episodes
-            returns.append(_evaluate(eval_envs, leaves, layout, reset_seeds, env.max_episode_steps))
+            agents = _unflatten(layout, leaves).agent
+            returns.append(_evaluate(eval_envs, agents, reset_seeds, env.max_episode_steps))
             eval_steps.append(t + 1)
             evals_done += 1
             if bar is not None:

@@ -1,18 +1,24 @@
 """The compiled training run: seeds, reproducibility, bad configuration, learning."""
 
 import dataclasses
+import logging
 
 import equinox as eqx
 import gymnasium
 import jax
+import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
 import pytest
 from gymnasium.envs.classic_control import CartPoleEnv
 
 import omdx
 from omdx import AgentConfig, TrainConfig
-from omdx._train import _chunk_plan, _divergence, _shard_count
+from omdx._train import _chunk_plan, _divergence, _shard_count, _swept_config, select_action
 from omdx._train_host import _spawn
+from omdx.agents import agent_step, EnvSpec, init_agent
+
+from .test_agents import ACTIONS, make_batch, OBS
 
 
 TINY_AGENT = AgentConfig(q_hidden=16, model_hidden=16, vep_hidden=8)
@@ -104,8 +110,8 @@ def test_sweep_points_equal_separate_runs(cartpole):
     # Streamed: the seeds of each point in turn, with their values.
     np.testing.assert_array_equal(chunks[0]["seeds"], [3, 4, 3, 4])
     np.testing.assert_allclose(chunks[0]["hyperparameters"]["q_lr"], [3e-4, 3e-4, 1e-3, 1e-3])
-    # The second point (no default value in it) as a plain run: static (Python float)
-    # settings, its own compilation.
+    # The second point (no default value in it) as a plain run: its own compilation, with
+    # `inner_steps` and `likelihood_weight` constants.
     values = {name: point[1] for name, point in SWEEP.items()}
     epsilon = values.pop("epsilon")
     alone = omdx.train(
@@ -124,6 +130,84 @@ def test_sweep_points_equal_separate_runs(cartpole):
     assert result.final_state.hyperparameters["q_lr"].tolist() == pytest.approx([1e-3, 1e-3])
     # The values reach the updates: the two points' models differ.
     assert not np.allclose(swept[0].metrics["model_loss"], swept[1].metrics["model_loss"])
+
+
+# Every hyperparameter that `train` passes as an array in every run, swept or not.
+TRACED = {"gamma": 0.95, "target_update": 0.01, "q_lr": 1e-3, "model_lr": 3e-4}
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+@pytest.mark.parametrize("agent", ["omd", "mle", "vep"])
+def test_traced_hyperparameters_compute_what_constants_do(agent, dtype, getkey):
+    # What lets `train` pass these values as arrays without changing any run: the updates
+    # and the actions are the same bit for bit as with the values compiled in.
+    sizes = dict(agent=agent, q_hidden=8, model_hidden=8, vep_hidden=8)
+    config = AgentConfig(**sizes, **TRACED)
+    compiled = AgentConfig(**sizes)  # other values: they must not leak into the run
+
+    def cast(tree):
+        return jax.tree.map(lambda x: x.astype(dtype) if eqx.is_inexact_array(x) else x, tree)
+
+    state = cast(init_agent(getkey(), EnvSpec(OBS, ACTIONS), config))
+    values = {name: jnp.asarray(value, dtype) for name, value in TRACED.items()}
+
+    @eqx.filter_jit
+    def with_constants(state, batch, key):
+        state, metrics = agent_step(state, batch, config)
+        action = select_action(
+            state, batch.observation[0], key, ACTIONS, explore_probability=0.1, config=config
+        )
+        return state, metrics, action
+
+    @eqx.filter_jit
+    def with_arrays(state, batch, key, values):
+        swept = _swept_config(compiled, values)
+        state, metrics = agent_step(state, batch, swept)
+        action = select_action(
+            state, batch.observation[0], key, ACTIONS, explore_probability=0.1, config=swept
+        )
+        return state, metrics, action
+
+    constant_state, array_state = state, state
+    for batch_key, action_key in jr.split(getkey(), (3, 2)):
+        batch = cast(make_batch(batch_key))
+        constant_state, constant_metrics, constant_action = with_constants(
+            constant_state, batch, action_key
+        )
+        array_state, array_metrics, array_action = with_arrays(
+            array_state, batch, action_key, values
+        )
+        assert bool(eqx.tree_equal(array_state, constant_state))
+        assert bool(eqx.tree_equal(array_metrics, constant_metrics))
+        assert int(array_action) == int(constant_action)
+    # The arrays reach the update: the defaults' values give another state.
+    defaults = {name: jnp.asarray(getattr(compiled, name), dtype) for name in TRACED}
+    default_state = with_arrays(state, batch, action_key, defaults)[0]
+    assert not bool(eqx.tree_equal(default_state, with_arrays(state, batch, action_key, values)[0]))
+
+
+@pytest.mark.parametrize("loop", ["compiled", "host"])
+def test_new_hyperparameter_values_reuse_the_compiled_run(loop, cartpole, caplog):
+    if loop == "compiled":
+        env, train, compiled_step = cartpole, omdx.train, "jit(_run_chunk)"
+    else:
+        env, train, compiled_step = "CartPole-v1", omdx.train_host, "jit(_tick)"
+    run = dataclasses.replace(TINY_RUN, steps=300, random_steps=150, eval_every=150)
+
+    def compilations(agent_config, train_config):
+        caplog.clear()
+        with jax.log_compiles(), caplog.at_level(logging.WARNING):
+            result = train(env, agent_config, train_config, seeds=2, progress=False)
+        messages = [record.getMessage() for record in caplog.records]
+        return sum(f"Compiling {compiled_step}" in m for m in messages), result
+
+    first_count, first = compilations(TINY_AGENT, run)
+    new_values = dataclasses.replace(TINY_AGENT, **TRACED)
+    count, second = compilations(new_values, dataclasses.replace(run, epsilon=0.3))
+    assert first_count > 0 and count == 0
+    assert not np.allclose(first.metrics["model_loss"][:, -1], second.metrics["model_loss"][:, -1])
+    # A setting that changes the program compiles it again (the count can fail).
+    assert compilations(dataclasses.replace(TINY_AGENT, q_hidden=8), run)[0] > 0
 
 
 def test_bad_sweep_raises_before_training(cartpole):
@@ -399,3 +483,38 @@ def test_host_loop_copies_the_environment_for_each_run():
     with pytest.raises(TypeError, match="Register it"):
         env = omdx.envs.HostEnv(_Uncopyable(), max_episode_steps=15)
         omdx.train_host(env, TINY_AGENT, run, seeds=2, progress=False)
+
+
+def test_host_evaluation_steps_the_greedy_policy_in_gymnasium(getkey):
+    # Against the same episodes stepped by hand: gymnasium's CartPole, reset with seed
+    # `seed + i`, the argmax of min(Q1, Q2) at each step, until the episode ends.
+    agent = init_agent(getkey(), EnvSpec(4, 2), TINY_AGENT)
+    by_hand = []
+    for episode in range(3):
+        env = gymnasium.make("CartPole-v1", max_episode_steps=60)
+        observation, _ = env.reset(seed=7 + episode)
+        total, done = 0.0, False
+        while not done:
+            q = np.asarray(agent.q(jnp.asarray(observation, jnp.float64)))
+            action = int(np.argmax(q.min(axis=0)))
+            observation, reward, terminated, truncated, _ = env.step(action)
+            total, done = total + reward, terminated or truncated
+        by_hand.append(total)
+    env = omdx.envs.HostEnv("CartPole-v1", max_episode_steps=60)
+    mean_return = omdx.evaluate_host(env, agent, episodes=3, seed=7)
+    assert isinstance(mean_return, float)
+    assert mean_return == pytest.approx(np.mean(by_hand), abs=0)
+    assert len(set(by_hand)) > 1  # the episodes differ, so the seeds reached the resets
+    assert omdx.evaluate_host("CartPole-v1", agent, episodes=1, seed=7) == by_hand[0]
+
+    several = jax.tree.map(lambda x: jnp.stack([x, x]) if eqx.is_array(x) else x, agent)
+    with pytest.raises(ValueError, match="`agent` holds"):
+        omdx.evaluate_host(env, several, episodes=2)
+    with pytest.raises(ValueError, match="`episodes` must be a positive int"):
+        omdx.evaluate_host(env, agent, episodes=0)
+    with pytest.raises(ValueError, match="`seed`"):
+        omdx.evaluate_host(env, agent, seed=-1)
+    with pytest.raises(TypeError, match="omdx.evaluate`"):
+        omdx.evaluate_host(omdx.envs.make("CartPole-v1"), agent)
+    with pytest.raises(TypeError, match="omdx.evaluate_host"):
+        omdx.evaluate(env, agent, jr.PRNGKey(0), 2)
