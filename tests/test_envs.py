@@ -7,6 +7,7 @@ import pytest
 from gymnasium import spaces
 from gymnasium.experimental.functional import FuncEnv
 
+import omdx
 from omdx.envs import (
     AbstractEnv,
     distractors,
@@ -265,6 +266,34 @@ def test_user_func_env(getkey):
     _, outs, times = _rollout(env, _push_right, getkey(), 100)
     assert np.any(outs.terminated) and int(times.max()) <= 29
     np.testing.assert_allclose(outs.reward, -np.abs(outs.next_observation[:, 0]))
+
+
+class _WrongSpace(_RandomWalk):
+    """Declares two observations but returns one."""
+
+    observation_space = spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
+
+
+class _VectorReward(_RandomWalk):
+    def reward(self, state, action, next_state, rng, params=None):
+        return jnp.stack([state, next_state])
+
+
+def test_a_func_env_that_breaks_its_own_spaces_is_named(getkey):
+    wrong = FuncEnvAdapter(_WrongSpace(), max_episode_steps=30)
+    with pytest.raises(ValueError, match=r"`func_env.observation` returned shape \(1,\)"):
+        wrong.reset(getkey())
+    with pytest.raises(ValueError, match=r"`func_env.observation` returned shape \(1,\)"):
+        omdx.train(wrong, omdx.AgentConfig(q_hidden=4, model_hidden=4), progress=False)
+    env = FuncEnvAdapter(_VectorReward(), max_episode_steps=30)
+    state, _ = env.reset(getkey())
+    with pytest.raises(ValueError, match=r"`func_env.reward` must return a scalar"):
+        env.step(state, jnp.array(1), getkey())
+    pendulum = make("Pendulum-v1")
+    state, _ = pendulum.reset(getkey())
+    with pytest.raises(ValueError, match=r"`action` must have 1 element"):
+        pendulum.step(state, jnp.array([0.5, 0.5]), getkey())
+    pendulum.step(state, jnp.array(0.5), getkey())  # a scalar is the one element
 
 
 def test_bad_arguments():

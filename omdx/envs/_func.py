@@ -138,14 +138,34 @@ class FuncEnvAdapter(AbstractEnv):
         return fn(*args, params=self.params)
 
     def _observe(self, state, key) -> Float[Array, " obs"]:
-        obs = self._call("observation", state, key)
-        return jnp.ravel(jnp.asarray(obs)).astype(default_float())
+        obs = jnp.asarray(self._call("observation", state, key))
+        if obs.size != self.observation_size:  # shapes are known when tracing: no run cost
+            raise ValueError(
+                f"`func_env.observation` returned shape {obs.shape}, but "
+                f"`func_env.observation_space` has shape "
+                f"{self.func_env.observation_space.shape}: the agents' networks are sized "
+                "from the space, so the two must have the same number of elements."
+            )
+        return jnp.ravel(obs).astype(default_float())
+
+    def _scalar(self, method: str, value) -> Array:
+        value = jnp.asarray(value)
+        if value.size != 1:
+            raise ValueError(
+                f"`func_env.{method}` must return a scalar (one per step), got shape {value.shape}."
+            )
+        return jnp.reshape(value, ())
 
     def _action(self, action: Action):
         space = self.func_env.action_space
-        if isinstance(space, spaces.Discrete):
-            return jnp.reshape(jnp.asarray(action), ())
-        return jnp.reshape(jnp.asarray(action), space.shape)
+        action = jnp.asarray(action)
+        shape = () if isinstance(space, spaces.Discrete) else space.shape
+        if action.size != math.prod(shape):
+            raise ValueError(
+                f"`action` must have {math.prod(shape)} element(s) for this environment's "
+                f"{type(space).__name__} action space, got shape {action.shape}."
+            )
+        return jnp.reshape(action, shape)
 
     def reset(self, key: PRNGKeyArray) -> tuple[FuncEnvState, Float[Array, " obs"]]:
         """Start an episode: `FuncEnv.initial` and `FuncEnv.observation`.
@@ -183,9 +203,9 @@ class FuncEnvAdapter(AbstractEnv):
         next_state = cast_floats(self._call("transition", state.state, action, step_key))
         next_observation = self._observe(next_state, step_key)
         reward = self._call("reward", state.state, action, next_state, step_key)
-        reward = jnp.reshape(jnp.asarray(reward), ()).astype(default_float())
+        reward = self._scalar("reward", reward).astype(default_float())
         terminated = self._call("terminal", next_state, step_key)
-        terminated = jnp.reshape(jnp.asarray(terminated), ()).astype(bool)
+        terminated = self._scalar("terminal", terminated).astype(bool)
         time = state.time + 1
         truncated = time >= self.max_episode_steps
         done = terminated | truncated
