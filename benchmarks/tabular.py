@@ -133,6 +133,7 @@ def linear_solver_comparison(steps: int, seeds: int, bounds, repeats: int = 3):
             solver=solver,
             tol=0.0,
             chunk=500,
+            progress=False,
         )
 
     times = {name: [] for name in variants}
@@ -196,7 +197,7 @@ def main(argv=None) -> int:
     loop_subset = args.loop_subset or (2 if quick else 6)
     bounds = tuple(np.linspace(0, 6, 5 if quick else 20).tolist())
     sigmas = tuple(np.logspace(-3, 0.5, 4 if quick else 30).tolist())
-    common = dict(chunk=500, tol=1e-6)
+    common = dict(chunk=500, tol=1e-6, progress=False)  # timed: no bar per run
     out = args.out
     studies = [s for s in args.studies.split(",") if s]
     print(f"jax {jax.__version__}, {jax.devices()[0].platform}, float64", flush=True)

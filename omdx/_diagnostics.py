@@ -53,10 +53,10 @@ def _objective_gradient(residual, objective, y0, args, solver, adjoint, kwargs):
 @eqx.filter_jit
 def adjoint_diagnostics(
     residual: Callable[[PyTree, Any], PyTree],
-    objective: Callable[[PyTree, Any], Float[Array, ""]],
     y0: PyTree,
     args: PyTree,
     *,
+    objective: Callable[[PyTree, Any], Float[Array, ""]],
     solver: optx.AbstractRootFinder | optx.AbstractFixedPointSolver,
     adjoint: AdjointName | lx.AbstractLinearSolver,
     reference: AdjointName | lx.AbstractLinearSolver = "direct",

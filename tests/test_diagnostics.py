@@ -19,7 +19,7 @@ def test_diagnostics_direct_vs_identity(getkey):
     kwargs = dict(solver=optx.Newton(rtol=1e-12, atol=1e-12))
     y0 = jnp.zeros((4, 2))
     exact = omdx.adjoint_diagnostics(
-        soft_bellman_residual, objective, y0, model, adjoint="gmres", **kwargs
+        soft_bellman_residual, y0, model, objective=objective, adjoint="gmres", **kwargs
     )
     assert float(exact.linear_solve_residual) < 1e-8
     assert int(exact.num_steps) > 0
@@ -27,7 +27,7 @@ def test_diagnostics_direct_vs_identity(getkey):
     assert float(exact.relative_error) < 1e-8
 
     rough = omdx.adjoint_diagnostics(
-        soft_bellman_residual, objective, y0, model, adjoint="identity", **kwargs
+        soft_bellman_residual, y0, model, objective=objective, adjoint="identity", **kwargs
     )
     assert float(rough.linear_solve_residual) > 1e-3
     assert float(rough.relative_error) > 1e-3
@@ -37,9 +37,9 @@ def test_diagnostics_direct_vs_identity(getkey):
         float(
             omdx.adjoint_diagnostics(
                 soft_bellman_residual,
-                objective,
                 y0,
                 model,
+                objective=objective,
                 adjoint=omdx.Neumann(k, 1.0, negative=True),
                 **kwargs,
             ).linear_solve_residual

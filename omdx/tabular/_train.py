@@ -415,7 +415,7 @@ def train(
     tol: float = 1e-6,
     max_inner_steps: int = 1000,
     chunk: int = 500,
-    progress: bool = False,
+    progress: bool = True,
 ) -> TrainResult:
     r"""Train tabular models by OMD and/or MLE over a grid of bounds, noise scales and seeds.
 
@@ -448,7 +448,7 @@ def train(
     - `tol`: the freezing tolerance; 0 runs every step.
     - `max_inner_steps`: the inner solver's step limit.
     - `chunk`: steps per compiled chunk.
-    - `progress`: show a tqdm progress bar.
+    - `progress`: show a tqdm progress bar (as [`omdx.train`][] does by default).
 
     **Returns:**
 
