@@ -8,6 +8,8 @@ stream out between chunks while the chunk itself runs without returning to Pytho
 
 import dataclasses
 import functools as ft
+import os
+import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,6 +22,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from ._buffer import buffer_add, buffer_init, buffer_sample, ReplayBuffer
+from ._checkpoint import checkpoint_settings, load_checkpoint, save_checkpoint
 from ._errors import errors_off, TrainingDiverged
 from ._transition import Transition
 from .agents._config import (
@@ -619,6 +622,7 @@ def train(
     on_chunk: Callable[[dict[str, Any]], None] | None = None,
     devices: Sequence[jax.Device] | None = None,
     stop_on_divergence: bool = True,
+    checkpoint: str | os.PathLike | None = None,
 ) -> TrainResult | list[TrainResult]:
     """Train an OMD, MLE or VEP agent on a JAX environment, all seeds in one compiled run.
 
@@ -660,6 +664,14 @@ def train(
     - `stop_on_divergence`: stop every run at the end of the chunk in which one produces
         a non-finite return or loss (default), or train the others to the end (each run
         is computed on its own, so a diverged one does not touch the rest).
+    - `checkpoint`: a file (conventionally `.npz`) to keep every run's whole state and
+        history in, rewritten after each chunk (beside it, then renamed over it, so that an
+        interruption leaves the last one whole). When the file exists, training continues
+        from it, computing exactly what an uninterrupted run computes, and returns the
+        whole history; `on_chunk` first receives the history so far as one chunk. A
+        larger `steps` trains a finished run further (with the same replay capacity: pass
+        `buffer_size` if `steps` set it). Every other setting, the seeds and the sweep must
+        be those the file was written with, or a `ValueError` names the differences.
 
     **Returns:**
 
@@ -690,21 +702,54 @@ def train(
             )
     runner = _Runner(env, *plan.compiled_configs())
     keys = jax.vmap(jr.PRNGKey)(jnp.asarray(run_seeds))
-    runs = _init_runs(runner, keys)
-    runs = dataclasses.replace(runs, hyperparameters=plan.hyperparameters(jnp.result_type(float)))
+    hyperparameters = plan.hyperparameters(jnp.result_type(float))
+
+    def fresh_runs():
+        return dataclasses.replace(_init_runs(runner, keys), hyperparameters=hyperparameters)
+
+    eval_steps, returns, metric_log = [], [], {}
+    start = 0
+    if checkpoint is not None:
+        checkpoint = pathlib.Path(checkpoint)
+        settings = checkpoint_settings(env, agent_config, train_config, run_seeds, plan.points)
+    if checkpoint is not None and checkpoint.exists():
+        runs, *history = load_checkpoint(checkpoint, settings, eqx.filter_eval_shape(fresh_runs))
+        past_steps, past_returns, past_metrics = history
+        start = int(past_steps[-1])
+        if start > train_config.steps:
+            raise ValueError(
+                f"`checkpoint` {str(checkpoint)!r} holds {start} steps, more than `steps` "
+                f"({train_config.steps}): pass `steps` >= {start} to continue it."
+            )
+        eval_steps.append(past_steps)
+        returns.append(past_returns)
+        metric_log = {name: [values] for name, values in past_metrics.items()}
+        if on_chunk is not None:
+            on_chunk(
+                {
+                    "eval_steps": past_steps,
+                    "eval_returns": past_returns,
+                    "metrics": past_metrics,
+                    "seeds": run_seeds,
+                    "hyperparameters": run_values,
+                }
+            )
+    else:
+        runs = fresh_runs()
     runs, shards = _place_seeds(runs, devices)
 
-    total_evals = train_config.steps // train_config.eval_every
-    eval_steps, returns, metric_log = [], [], {}
+    remaining_evals = (train_config.steps - start) // train_config.eval_every
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(
-            total=train_config.steps, unit="step", desc=f"{agent_config.agent} x{len(run_seeds)}"
+            total=train_config.steps,
+            initial=start,
+            unit="step",
+            desc=f"{agent_config.agent} x{len(run_seeds)}",
         )
-    start = 0
-    for iterations in _chunk_plan(total_evals, train_config.evals_per_chunk):
+    for iterations in _chunk_plan(remaining_evals, train_config.evals_per_chunk):
         with errors_off():
             runs, (chunk_returns, chunk_metrics) = _run_chunk(
                 runner, runs, jnp.asarray(start), iterations, shards
@@ -730,6 +775,15 @@ def train(
                 }
             )
         start += iterations * train_config.eval_every
+        if checkpoint is not None:
+            save_checkpoint(
+                checkpoint,
+                settings,
+                runs,
+                np.concatenate(eval_steps),
+                np.concatenate(returns, axis=1),
+                {name: np.concatenate(values, axis=1) for name, values in metric_log.items()},
+            )
         if bar is not None:
             bar.update(iterations * train_config.eval_every)
             bar.set_postfix(eval_return=f"{float(np.mean(chunk_returns[:, -1])):.1f}")

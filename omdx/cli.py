@@ -99,6 +99,12 @@ def _add_run_arguments(
     )
     parser.add_argument("--batch-size", type=int, default=256, help="real transitions per update")
     parser.add_argument(
+        "--buffer-size",
+        type=int,
+        default=None,
+        help="replay capacity (default: --steps, at most 10^6); fixed for a checkpointed run",
+    )
+    parser.add_argument(
         "--random-steps", type=int, default=1000, help="uniformly random actions first"
     )
     parser.add_argument(
@@ -139,6 +145,13 @@ def _add_run_arguments(
         "the end of that chunk)",
     )
     parser.add_argument(
+        "--checkpoint",
+        action="store_true",
+        help="keep every seed's state in OUT/checkpoint.npz (per agent), rewritten after each "
+        "chunk; the same command again continues an interrupted run, and with a larger "
+        "--steps trains a finished one further (JAX environments)",
+    )
+    parser.add_argument(
         "--blowup-loss",
         type=float,
         default=1e6,
@@ -175,6 +188,7 @@ def _configs(args, agent: str):
         eval_every=args.eval_every,
         eval_episodes=args.eval_episodes,
         batch_size=args.batch_size,
+        buffer_size=args.buffer_size,
         epsilon=args.epsilon,
         evals_per_chunk=args.evals_per_chunk,
     )
@@ -266,6 +280,7 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
     and whether a run diverged (then the others are reported without it)."""
     import jax
 
+    from ._checkpoint import checkpoint_steps
     from ._report import CsvAppender, plot_curves, run_summary, write_json
     from ._train import _runs_of, _sweep_points, train, TrainingDiverged
     from ._train_host import train_host
@@ -279,6 +294,13 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
     sweep = _parse_sweep(args.sweep)
     _sweep_points(sweep, agent_config, train_config)  # a bad sweep fails before any file
     env, host = _make_env(args)
+    if args.checkpoint and host:
+        raise ValueError(
+            "`--checkpoint` needs a JAX environment: a gymnasium environment stepped in Python "
+            "(--host) cannot be saved mid-episode."
+        )
+    checkpoint = out / "checkpoint.npz" if args.checkpoint else None
+    resumed_from = checkpoint_steps(checkpoint) if checkpoint is not None else 0
     out.mkdir(parents=True, exist_ok=True)
     write_json(
         out / "config.json",
@@ -312,6 +334,7 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
 
     start = time.perf_counter()
     try:
+        kwargs = {} if host else {"checkpoint": checkpoint}
         trainer = train_host if host else train
         result = trainer(
             env,
@@ -322,6 +345,7 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
             progress=not args.no_progress,
             on_chunk=on_chunk,
             stop_on_divergence=not args.keep_going,
+            **kwargs,
         )
         diverged = None
     except TrainingDiverged as error:
@@ -362,8 +386,11 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
     else:
         summary = summaries[0]
     summary["wall_seconds"] = seconds
-    # The steps made: fewer than `--steps` when a divergence stopped the runs.
-    steps_made = int(points[0].eval_steps[-1])
+    # The steps made by this command: fewer than `--steps` when a divergence stopped the
+    # runs, or when it continued a checkpoint.
+    steps_made = int(points[0].eval_steps[-1]) - resumed_from
+    if resumed_from:
+        summary["resumed_from_step"] = resumed_from
     summary["env_steps_per_second"] = steps_made * args.seeds * len(points) / seconds
     # The devices the runs were split over.
     devices = set().union(*(p.final_state.key.sharding.device_set for p in points))

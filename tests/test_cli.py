@@ -281,3 +281,34 @@ def test_a_blown_up_seed_is_named_and_kept(tmp_path, capsys, monkeypatch):
     with pytest.raises(ValueError, match="`--blowup-loss` must be a positive number"):
         main(argv + ["--blowup-loss", "0", "--out", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()
+
+
+def test_train_command_continues_from_its_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    base = ["train", "--seeds", "2", "--q-hidden", "8", "--model-hidden", "4", "--no-progress"]
+    base += ["--random-steps", "200", "--eval-every", "200", "--eval-episodes", "2"]
+    base += ["--batch-size", "32", "--buffer-size", "800", "--checkpoint", "--out", str(out)]
+    # --evals-per-chunk 1: the checkpoint is rewritten after every evaluation.
+    assert main(base + ["--steps", "400", "--evals-per-chunk", "1"]) == 0
+    first = sorted((out / "metrics.csv").read_text().splitlines())
+    assert (out / "checkpoint.npz").exists()
+    # More steps: the two new evaluations only, after the four rows already there.
+    # (`--evals-per-chunk` is not part of the run: it may change.)
+    assert main(base + ["--steps", "800", "--evals-per-chunk", "2"]) == 0
+    with (out / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    steps = sorted({int(r["step"]) for r in rows})
+    assert steps == [200, 400, 600, 800] and len(rows) == 8
+    lines = (out / "metrics.csv").read_text().splitlines()
+    assert set(first) <= set(lines)  # the history, unchanged (its rows in seed order)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from_step"] == 400
+    # An uninterrupted run of 800 steps writes the same rows.
+    whole = tmp_path / "whole"
+    argv = [a if a != str(out) else str(whole) for a in base if a != "--checkpoint"]
+    assert main(argv + ["--steps", "800"]) == 0
+    assert sorted((whole / "metrics.csv").read_text().splitlines()) == sorted(lines)
+    with pytest.raises(ValueError, match="other settings"):
+        main(base + ["--steps", "800", "--q-lr", "1e-3"])
+    with pytest.raises(ValueError, match="`--checkpoint` needs a JAX environment"):
+        main(base + ["--steps", "400", "--host"])

@@ -518,3 +518,94 @@ def test_host_evaluation_steps_the_greedy_policy_in_gymnasium(getkey):
         omdx.evaluate_host(omdx.envs.make("CartPole-v1"), agent)
     with pytest.raises(TypeError, match="omdx.evaluate_host"):
         omdx.evaluate(env, agent, jr.PRNGKey(0), 2)
+
+
+def test_a_run_continues_from_its_checkpoint_as_if_never_stopped(cartpole, tmp_path):
+    run = dataclasses.replace(TINY_RUN, steps=800, buffer_size=800)  # 4 chunks of 200
+    whole = omdx.train(cartpole, TINY_AGENT, run, seeds=2, progress=False)
+    path = tmp_path / "run.npz"
+
+    def interrupted(chunk):
+        if chunk["eval_steps"][-1] == 600:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # after two whole chunks were checkpointed
+        omdx.train(
+            cartpole,
+            TINY_AGENT,
+            run,
+            seeds=2,
+            progress=False,
+            checkpoint=path,
+            on_chunk=interrupted,
+        )
+    streamed = []
+    resumed = omdx.train(
+        cartpole,
+        TINY_AGENT,
+        run,
+        seeds=2,
+        progress=False,
+        checkpoint=path,
+        on_chunk=streamed.append,
+    )
+    assert [chunk["eval_steps"].tolist() for chunk in streamed] == [[200, 400], [600], [800]]
+
+    def assert_same_run(result):
+        np.testing.assert_array_equal(result.eval_steps, whole.eval_steps)
+        np.testing.assert_array_equal(result.eval_returns, whole.eval_returns)
+        for name, values in whole.metrics.items():
+            np.testing.assert_array_equal(result.metrics[name], values, err_msg=name)
+        assert bool(eqx.tree_equal(result.final_state, whole.final_state))
+
+    assert_same_run(resumed)
+    # A finished checkpoint is the finished run: nothing left to train.
+    streamed = []
+    finished = omdx.train(
+        cartpole,
+        TINY_AGENT,
+        run,
+        seeds=2,
+        progress=False,
+        checkpoint=path,
+        on_chunk=streamed.append,
+    )
+    assert [chunk["eval_steps"].tolist() for chunk in streamed] == [[200, 400, 600, 800]]
+    assert_same_run(finished)
+    with pytest.raises(ValueError, match=r"holds 800 steps, more than `steps` \(600\)"):
+        shorter = dataclasses.replace(run, steps=600)
+        omdx.train(cartpole, TINY_AGENT, shorter, seeds=2, progress=False, checkpoint=path)
+    # A shorter run, continued to more steps, is the longer run too.
+    shorter = tmp_path / "shorter.npz"
+    half = dataclasses.replace(run, steps=400)
+    omdx.train(cartpole, TINY_AGENT, half, seeds=2, progress=False, checkpoint=shorter)
+    assert_same_run(
+        omdx.train(cartpole, TINY_AGENT, run, seeds=2, progress=False, checkpoint=shorter)
+    )
+
+
+def test_a_checkpoint_of_other_settings_is_refused(cartpole, tmp_path):
+    path = tmp_path / "run.npz"
+    omdx.train(cartpole, TINY_AGENT, TINY_RUN, seeds=2, progress=False, checkpoint=path)
+
+    def resume(agent=TINY_AGENT, run=TINY_RUN, seeds=2, **kwargs):
+        omdx.train(cartpole, agent, run, seeds=seeds, progress=False, checkpoint=path, **kwargs)
+
+    with pytest.raises(ValueError, match=r"agent_config.q_lr: 0.0003 in the checkpoint, 0.001 now"):
+        resume(agent=dataclasses.replace(TINY_AGENT, q_lr=1e-3))
+    with pytest.raises(ValueError, match=r"seeds: \[0, 1\] in the checkpoint, \[0, 5\] now"):
+        resume(seeds=[0, 5])
+    with pytest.raises(ValueError, match=r"sweep"):
+        resume(sweep={"q_lr": [3e-4]})
+    with pytest.raises(ValueError, match=r"buffer capacity: 400 in the checkpoint, 600 now"):
+        resume(run=dataclasses.replace(TINY_RUN, steps=600))
+    noisy = omdx.envs.make("CartPole-v1", distractors=1)
+    with pytest.raises(ValueError, match=r"env: FuncEnvAdapter\(CartPoleFunctional\), obs"):
+        omdx.train(noisy, TINY_AGENT, TINY_RUN, seeds=2, progress=False, checkpoint=path)
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="is not an omdx checkpoint"):
+        omdx.train(cartpole, TINY_AGENT, TINY_RUN, progress=False, checkpoint=junk)
+    # The same settings, written differently, continue it: np.float64(3e-4) is 3e-4.
+    same = dataclasses.replace(TINY_AGENT, q_lr=np.float64(3e-4))
+    assert omdx.train(cartpole, same, TINY_RUN, seeds=2, progress=False, checkpoint=path)

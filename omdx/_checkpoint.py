@@ -1,0 +1,163 @@
+"""Checkpoints of [`omdx.train`][]: every run's whole state and its history so far, in one
+`.npz` file, so that a run continues where it stopped, computing exactly what an
+uninterrupted run computes."""
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+_FORMAT = 1
+
+
+def _is_state_array(x) -> bool:
+    return eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct)
+
+
+def _as_json(value):
+    """A setting as JSON, the same for equal numbers of any type (`1e-3`, `np.float64`)."""
+    if isinstance(value, bool | str) or value is None:
+        return value
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return float(value)
+    return repr(value)
+
+
+def _describe_env(env) -> str:
+    """The environment's wrappers and sizes, e.g. `Distractors(FuncEnvAdapter(
+    CartPoleFunctional)), observation_size=6, num_actions=2, max_episode_steps=500`."""
+    names, layer = [], env
+    while layer is not None:
+        inner = getattr(layer, "func_env", None)
+        names.append(type(layer).__name__)
+        if inner is not None:
+            names.append(type(inner).__name__)
+        layer = getattr(layer, "env", None)
+    return (
+        "(".join(names)
+        + ")" * (len(names) - 1)
+        + f", observation_size={env.observation_size}, num_actions={env.num_actions}, "
+        f"max_episode_steps={env.max_episode_steps}"
+    )
+
+
+def checkpoint_settings(env, agent_config, train_config, run_seeds, points) -> dict[str, Any]:
+    """What a run continued from a checkpoint must share with the run that wrote it, as
+    JSON: everything but the number of steps (which may grow) and how the work is split
+    (chunks, seed groups, devices). The replay buffer's capacity is in it, since it sets
+    the buffer's shape."""
+    train_settings = {
+        "random_steps": train_config.random_steps,
+        "eval_every": train_config.eval_every,
+        "eval_episodes": train_config.eval_episodes,
+        "batch_size": train_config.batch_size,
+        "buffer capacity": train_config.capacity,
+        "epsilon": _as_json(train_config.epsilon),
+    }
+    return {
+        "format": _FORMAT,
+        "env": _describe_env(env),
+        "float dtype": jnp.dtype(jnp.result_type(float)).name,
+        "agent_config": {
+            field.name: _as_json(getattr(agent_config, field.name))
+            for field in dataclasses.fields(agent_config)
+        },
+        "train_config": train_settings,
+        "seeds": [int(seed) for seed in run_seeds],
+        "sweep": {name: values.tolist() for name, values in points.items()},
+    }
+
+
+def _differences(stored: dict, expected: dict, prefix: str = "") -> list[str]:
+    differences = []
+    for name in sorted(set(stored) | set(expected)):
+        old, new = stored.get(name), expected.get(name)
+        if isinstance(old, dict) and isinstance(new, dict):
+            differences += _differences(old, new, f"{prefix}{name}.")
+        elif old != new:
+            differences.append(f"{prefix}{name}: {old} in the checkpoint, {new} now")
+    return differences
+
+
+def save_checkpoint(
+    path: pathlib.Path,
+    settings: dict[str, Any],
+    runs,
+    eval_steps: np.ndarray,
+    eval_returns: np.ndarray,
+    metrics: dict[str, np.ndarray],
+) -> None:
+    """Write `runs` (every run's state) and the history to `path`. The file is written
+    beside it and then renamed over it, so that an interruption leaves the previous
+    checkpoint whole."""
+    leaves = jax.tree.leaves(eqx.filter(runs, _is_state_array))
+    arrays = {f"state_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+    arrays["eval_steps"] = np.asarray(eval_steps)
+    arrays["eval_returns"] = np.asarray(eval_returns)
+    arrays.update({f"metric_{name}": np.asarray(values) for name, values in metrics.items()})
+    arrays["settings"] = np.array(json.dumps(settings))
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("wb") as f:
+        np.savez(f, **arrays)
+    os.replace(partial, path)
+
+
+def checkpoint_steps(path: pathlib.Path) -> int:
+    """The steps a checkpoint at `path` holds; 0 when there is none (or it cannot be
+    read, which `load_checkpoint` then reports)."""
+    try:
+        with np.load(path) as data:
+            return int(data["eval_steps"][-1])
+    except Exception:
+        return 0
+
+
+def load_checkpoint(path: pathlib.Path, settings: dict[str, Any], skeleton):
+    """Read a checkpoint written by `save_checkpoint` with the same `settings`; `skeleton`
+    is the runs' structure (from `eqx.filter_eval_shape`). Returns
+    `(runs, eval_steps, eval_returns, metrics)`. Raises `ValueError`, naming what differs,
+    for a checkpoint of other settings."""
+    try:
+        data = np.load(path)
+        stored = json.loads(str(data["settings"]))
+    except Exception as error:
+        raise ValueError(
+            f"`checkpoint` {str(path)!r} exists but is not an omdx checkpoint ({error})."
+        ) from None
+    with data:
+        differences = _differences(stored, settings)
+        if differences:
+            raise ValueError(
+                f"`checkpoint` {str(path)!r} was written by a run with other settings ("
+                + "; ".join(differences)
+                + "). Continue it with the settings it was written with, or train into a "
+                "new file."
+            )
+        arrays, static = eqx.partition(skeleton, _is_state_array)
+        expected, treedef = jax.tree.flatten(arrays)
+        leaves = []
+        for i, shape in enumerate(expected):
+            value = data[f"state_{i}"]
+            if value.shape != shape.shape or value.dtype != shape.dtype:
+                raise ValueError(
+                    f"`checkpoint` {str(path)!r} holds a state array of {value.dtype.name}"
+                    f"{list(value.shape)} where this run has {jnp.dtype(shape.dtype).name}"
+                    f"{list(shape.shape)}: it was written by another version of omdx."
+                )
+            leaves.append(jnp.asarray(value))
+        runs = eqx.combine(jax.tree.unflatten(treedef, leaves), static)
+        metrics = {
+            name.removeprefix("metric_"): data[name]
+            for name in data.files
+            if name.startswith("metric_")
+        }
+        return runs, data["eval_steps"], data["eval_returns"], metrics
