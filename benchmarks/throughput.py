@@ -49,10 +49,11 @@ def prepared_compiled_run(
     Returns `timed_chunk`: each call runs the next chunk of `steps` environment steps (at
     most `rounds` calls) and returns its seconds."""
     from omdx._train import (
-        _init_runs,
+        _fresh_runs,
         _place_seeds,
         _run_chunk,
         _Runner,
+        _RunPlan,
         errors_off,
         TrainConfig,
     )
@@ -65,8 +66,9 @@ def prepared_compiled_run(
         evals_per_chunk=1,
         **train_config_kwargs,
     )
-    runner = _Runner(env, agent_config, tc)
-    runs = _init_runs(runner, jax.vmap(jr.PRNGKey)(jnp.arange(seeds)))
+    plan = _RunPlan.of(seeds, None, agent_config, tc)  # as `omdx.train` sets a run up
+    runner = _Runner(env, *plan.compiled_configs())
+    runs = _fresh_runs(runner, plan)
     runs, shards = _place_seeds(runs, jax.local_devices()[:devices])
     chunk = 0
 

@@ -375,6 +375,13 @@ def _init_runs(runner: _Runner, keys: PRNGKeyArray) -> RunState:
     return eqx.filter_vmap(runner.init)(keys)
 
 
+def _fresh_runs(runner: _Runner, plan: "_RunPlan") -> RunState:
+    """Every run of `plan` at its start, with its traced hyperparameters; `runner` closes
+    over the plan's `compiled_configs`."""
+    runs = _init_runs(runner, jax.vmap(jr.PRNGKey)(jnp.asarray(plan.run_seeds)))
+    return dataclasses.replace(runs, hyperparameters=plan.hyperparameters(jnp.result_type(float)))
+
+
 CPU_SEED_GROUP = 4
 
 
@@ -701,11 +708,7 @@ def train(
                 f"`devices` must be a non-empty list of `jax.Device`s, got {devices!r}."
             )
     runner = _Runner(env, *plan.compiled_configs())
-    keys = jax.vmap(jr.PRNGKey)(jnp.asarray(run_seeds))
-    hyperparameters = plan.hyperparameters(jnp.result_type(float))
-
-    def fresh_runs():
-        return dataclasses.replace(_init_runs(runner, keys), hyperparameters=hyperparameters)
+    fresh_runs = ft.partial(_fresh_runs, runner, plan)
 
     eval_steps, returns, metric_log = [], [], {}
     start = 0

@@ -1,6 +1,7 @@
 """The study tools under `benchmarks/` that turn result CSVs into tables: pooling,
 divergence counts and permutation p-values (on small hand-made CSVs), and the labels the
-benchmark scripts write (diverged seeds, the p-value method, the machine's load)."""
+benchmark scripts write (diverged seeds, the p-value method, the machine's load), and the
+throughput benchmark's use of `omdx.train`'s internals."""
 
 import csv
 import pathlib
@@ -15,6 +16,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchma
 import cartpole_misspec  # noqa: E402
 import misspec_pvalues  # noqa: E402
 import misspec_summary  # noqa: E402
+import throughput  # noqa: E402
 
 
 def _write_study(path, runs, steps=(1000, 2000), q_real_loss=None):
@@ -183,3 +185,15 @@ def test_divergence_steps_follow_omdx_train():
     checked = _updated_metrics(result.metrics, steps - 1 >= 1000)
     _, diverged = _divergence(returns, checked, result.seeds, steps)
     assert diverged.tolist() == [step is not None for step in found]
+
+
+def test_throughput_times_the_run_omdx_train_sets_up():
+    # The benchmark builds the compiled run from `omdx.train`'s private pieces: it must
+    # keep up with them (a run without its traced hyperparameters fails to trace).
+    import omdx
+
+    env = omdx.envs.make("CartPole-v1")
+    agent_config = omdx.AgentConfig(q_hidden=8, model_hidden=4)
+    train_kwargs = {"batch_size": 32, "eval_episodes": 1}
+    timed_chunk = throughput.prepared_compiled_run(env, agent_config, 2, 500, 1, train_kwargs)
+    assert timed_chunk() > 0
