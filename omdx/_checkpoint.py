@@ -3,9 +3,11 @@
 uninterrupted run computes."""
 
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
+import warnings
 from typing import Any
 
 import equinox as eqx
@@ -50,11 +52,25 @@ def _describe_env(env) -> str:
     )
 
 
-def checkpoint_settings(env, agent_config, train_config, run_seeds, points) -> dict[str, Any]:
+def _env_digest(env) -> str:
+    """A digest of every number in the environment (its parameters: a CartPole with
+    another gravity has another digest)."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(env):
+        if eqx.is_array_like(leaf):
+            array = np.asarray(leaf)
+            digest.update(f"{array.dtype}{array.shape}".encode())
+            digest.update(array.tobytes())
+        else:
+            digest.update(type(leaf).__name__.encode())
+    return digest.hexdigest()[:16]
+
+
+def checkpoint_settings(env, agent_config, train_config, seeds, points) -> dict[str, Any]:
     """What a run continued from a checkpoint must share with the run that wrote it, as
     JSON: everything but the number of steps (which may grow) and how the work is split
-    (chunks, seed groups, devices). The replay buffer's capacity is in it, since it sets
-    the buffer's shape."""
+    (chunks, seed groups, devices: see `layout_differences`). The replay buffer's capacity
+    is in it, since it sets the buffer's shape."""
     train_settings = {
         "random_steps": train_config.random_steps,
         "eval_every": train_config.eval_every,
@@ -66,13 +82,14 @@ def checkpoint_settings(env, agent_config, train_config, run_seeds, points) -> d
     return {
         "format": _FORMAT,
         "env": _describe_env(env),
+        "env parameters (digest)": _env_digest(env),
         "float dtype": jnp.dtype(jnp.result_type(float)).name,
         "agent_config": {
             field.name: _as_json(getattr(agent_config, field.name))
             for field in dataclasses.fields(agent_config)
         },
         "train_config": train_settings,
-        "seeds": [int(seed) for seed in run_seeds],
+        "seeds": [int(seed) for seed in seeds],
         "sweep": {name: values.tolist() for name, values in points.items()},
     }
 
@@ -88,59 +105,82 @@ def _differences(stored: dict, expected: dict, prefix: str = "") -> list[str]:
     return differences
 
 
+def verify_checkpoint(path: pathlib.Path, settings: dict[str, Any], steps: int) -> int:
+    """The steps the checkpoint at `path` holds (0 when there is none yet), after checking,
+    before any work, that a run of `settings` and `steps` can continue it (or write it).
+    Raises `ValueError` naming the problem: not a checkpoint, other settings, more steps
+    than `steps`, or a folder that does not exist."""
+    if not path.exists():
+        if not path.parent.is_dir():
+            raise ValueError(
+                f"`checkpoint` {str(path)!r}: the folder {str(path.parent)!r} does not exist."
+            )
+        return 0
+    try:
+        with np.load(path) as data:
+            stored = json.loads(str(data["settings"]))
+            held = int(data["eval_steps"][-1])
+    except Exception as error:
+        raise ValueError(
+            f"`checkpoint` {str(path)!r} exists but is not an omdx checkpoint ({error})."
+        ) from None
+    differences = _differences(stored, settings)
+    if differences:
+        raise ValueError(
+            f"`checkpoint` {str(path)!r} was written by a run with other settings ("
+            + "; ".join(differences)
+            + "). Continue it with the settings it was written with, or train into a new file."
+        )
+    if held > steps:
+        raise ValueError(
+            f"`checkpoint` {str(path)!r} holds {held} steps, more than `steps` ({steps}): "
+            f"pass `steps` >= {held} to continue it."
+        )
+    return held
+
+
 def save_checkpoint(
     path: pathlib.Path,
     settings: dict[str, Any],
+    layout: dict[str, Any],
     runs,
     eval_steps: np.ndarray,
     eval_returns: np.ndarray,
     metrics: dict[str, np.ndarray],
 ) -> None:
-    """Write `runs` (every run's state) and the history to `path`. The file is written
-    beside it and then renamed over it, so that an interruption leaves the previous
-    checkpoint whole."""
+    """Write `runs` (every run's state) and the history to `path`, with the `settings`
+    and the `layout` of the work that wrote it. The file is written beside it, flushed to
+    disk and then renamed over it, so that an interruption leaves the previous checkpoint
+    whole."""
     leaves = jax.tree.leaves(eqx.filter(runs, _is_state_array))
     arrays = {f"state_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
     arrays["eval_steps"] = np.asarray(eval_steps)
     arrays["eval_returns"] = np.asarray(eval_returns)
     arrays.update({f"metric_{name}": np.asarray(values) for name, values in metrics.items()})
     arrays["settings"] = np.array(json.dumps(settings))
+    arrays["layout"] = np.array(json.dumps(layout))
     partial = path.with_name(path.name + ".partial")
     with partial.open("wb") as f:
         np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(partial, path)
 
 
-def checkpoint_steps(path: pathlib.Path) -> int:
-    """The steps a checkpoint at `path` holds; 0 when there is none (or it cannot be
-    read, which `load_checkpoint` then reports)."""
-    try:
-        with np.load(path) as data:
-            return int(data["eval_steps"][-1])
-    except Exception:
-        return 0
-
-
-def load_checkpoint(path: pathlib.Path, settings: dict[str, Any], skeleton):
-    """Read a checkpoint written by `save_checkpoint` with the same `settings`; `skeleton`
-    is the runs' structure (from `eqx.filter_eval_shape`). Returns
-    `(runs, eval_steps, eval_returns, metrics)`. Raises `ValueError`, naming what differs,
-    for a checkpoint of other settings."""
-    try:
-        data = np.load(path)
-        stored = json.loads(str(data["settings"]))
-    except Exception as error:
-        raise ValueError(
-            f"`checkpoint` {str(path)!r} exists but is not an omdx checkpoint ({error})."
-        ) from None
-    with data:
-        differences = _differences(stored, settings)
-        if differences:
-            raise ValueError(
-                f"`checkpoint` {str(path)!r} was written by a run with other settings ("
-                + "; ".join(differences)
-                + "). Continue it with the settings it was written with, or train into a "
-                "new file."
+def load_checkpoint(path: pathlib.Path, skeleton, layout: dict[str, Any]):
+    """Read a checkpoint that `verify_checkpoint` accepted; `skeleton` is the runs'
+    structure (from `eqx.filter_eval_shape`). Returns `(runs, eval_steps, eval_returns,
+    metrics)`. Warns when the work is laid out otherwise than `layout` (seed groups,
+    devices): the runs then continue to rounding, not bit for bit."""
+    with np.load(path) as data:
+        stored_layout = json.loads(str(data["layout"]))
+        changed = _differences(stored_layout, layout)
+        if changed:
+            warnings.warn(
+                f"`checkpoint` {str(path)!r} continues with its runs laid out otherwise ("
+                + "; ".join(changed)
+                + "): they compute what they would have to rounding, not bit for bit.",
+                stacklevel=3,
             )
         arrays, static = eqx.partition(skeleton, _is_state_array)
         expected, treedef = jax.tree.flatten(arrays)

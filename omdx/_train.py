@@ -22,7 +22,12 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from ._buffer import buffer_add, buffer_init, buffer_sample, ReplayBuffer
-from ._checkpoint import checkpoint_settings, load_checkpoint, save_checkpoint
+from ._checkpoint import (
+    checkpoint_settings,
+    load_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from ._errors import errors_off, TrainingDiverged
 from ._transition import Transition
 from .agents._config import (
@@ -210,9 +215,10 @@ def select_action(
     return jnp.where(explore, random_action, policy_action).astype(jnp.int32)
 
 
-def _check_evaluation(agent: AgentState, episodes: int) -> None:
-    """`evaluate`'s and `evaluate_host`'s checks: one agent, a positive number of episodes."""
-    if not isinstance(episodes, int) or isinstance(episodes, bool) or episodes < 1:
+def _check_evaluation(env, agent: AgentState, episodes: int) -> int:
+    """`evaluate`'s and `evaluate_host`'s checks: one agent, whose Q-network fits `env`
+    (discrete actions), and a positive number of episodes, returned as an `int`."""
+    if not isinstance(episodes, int | np.integer) or isinstance(episodes, bool) or episodes < 1:
         raise ValueError(f"`episodes` must be a positive int, got {episodes!r}.")
     if not isinstance(agent, AgentState):
         raise TypeError(f"`agent` must be an `omdx.AgentState`, got {type(agent).__name__}.")
@@ -223,15 +229,31 @@ def _check_evaluation(agent: AgentState, episodes: int) -> None:
             "`jax.tree.map(lambda x: x[i] if eqx.is_array(x) else x, agent)`, or map this "
             "function over them."
         )
+    if env.num_actions is None:
+        raise ValueError(
+            "`env` has continuous actions; the agents' greedy policy needs discrete ones."
+        )
+    observation = jax.ShapeDtypeStruct((env.observation_size,), jnp.result_type(float))
+    try:
+        q_shape = jax.eval_shape(agent.q, observation).shape
+    except (TypeError, ValueError):  # the first layer does not take this many inputs
+        q_shape = None
+    if q_shape != (2, env.num_actions):
+        raise ValueError(
+            f"`agent` does not fit `env`: its Q-network does not map `env`'s "
+            f"{env.observation_size} observations to its {env.num_actions} actions (was it "
+            "trained on another environment, or with another number of distractors?)."
+        )
+    return int(episodes)
 
 
-def evaluate(env: AbstractEnv, agent: AgentState, key: PRNGKeyArray, episodes: int) -> Array:
+def evaluate(env: AbstractEnv | str, agent: AgentState, key: PRNGKeyArray, episodes: int) -> Array:
     """Mean undiscounted return of the greedy policy of min(Q1, Q2) over `episodes`
     episodes run side by side (each stops at its first termination or truncation).
 
     **Arguments:**
 
-    - `env`: the environment.
+    - `env`: an [`omdx.envs.AbstractEnv`][] or an id that [`omdx.envs.make`][] knows.
     - `agent`: the agent state.
     - `key`: PRNG key.
     - `episodes`: the number of episodes.
@@ -240,12 +262,15 @@ def evaluate(env: AbstractEnv, agent: AgentState, key: PRNGKeyArray, episodes: i
 
     A scalar: the mean return.
     """
+    if isinstance(env, str):
+        env = make(env)
     if not isinstance(env, AbstractEnv):
         raise TypeError(
-            f"`env` must be an `omdx.envs.AbstractEnv`, got {type(env).__name__}; for a "
-            "gymnasium environment stepped in Python use `omdx.evaluate_host`."
+            "`env` must be an `omdx.envs.AbstractEnv` or an id known to `omdx.envs.make`, "
+            f"got {type(env).__name__}; for a gymnasium environment stepped in Python use "
+            "`omdx.evaluate_host`."
         )
-    _check_evaluation(agent, episodes)
+    episodes = _check_evaluation(env, agent, episodes)
     reset_key, loop_key = jr.split(key)
     states, observations = jax.vmap(env.reset)(jr.split(reset_key, episodes))
     dtype = observations.dtype
@@ -373,6 +398,18 @@ class _Runner(eqx.Module):
 @eqx.filter_jit
 def _init_runs(runner: _Runner, keys: PRNGKeyArray) -> RunState:
     return eqx.filter_vmap(runner.init)(keys)
+
+
+def _verified_checkpoint(
+    checkpoint, env, agent_config, train_config, plan: "_RunPlan"
+) -> tuple[pathlib.Path, dict[str, Any], int]:
+    """`(path, settings, steps held)` of `train`'s `checkpoint`, checked (before any work)
+    against the run `plan` describes; see `_checkpoint.verify_checkpoint`."""
+    if not isinstance(checkpoint, str | os.PathLike):
+        raise TypeError(f"`checkpoint` must be a path, got {type(checkpoint).__name__}.")
+    path = pathlib.Path(checkpoint)
+    settings = checkpoint_settings(env, agent_config, train_config, plan.seeds, plan.points)
+    return path, settings, verify_checkpoint(path, settings, train_config.steps)
 
 
 def _fresh_runs(runner: _Runner, plan: "_RunPlan") -> RunState:
@@ -672,13 +709,17 @@ def train(
         a non-finite return or loss (default), or train the others to the end (each run
         is computed on its own, so a diverged one does not touch the rest).
     - `checkpoint`: a file (conventionally `.npz`) to keep every run's whole state and
-        history in, rewritten after each chunk (beside it, then renamed over it, so that an
-        interruption leaves the last one whole). When the file exists, training continues
-        from it, computing exactly what an uninterrupted run computes, and returns the
-        whole history; `on_chunk` first receives the history so far as one chunk. A
-        larger `steps` trains a finished run further (with the same replay capacity: pass
-        `buffer_size` if `steps` set it). Every other setting, the seeds and the sweep must
-        be those the file was written with, or a `ValueError` names the differences.
+        history in, rewritten after each chunk, before `on_chunk` (beside it, then renamed
+        over it, so that an interruption leaves the last one whole). When the file exists,
+        training continues from it and returns the whole history; `on_chunk` first
+        receives the history so far as one chunk. On the same devices and `seed_group`
+        it computes exactly what an uninterrupted run computes; laid out otherwise, the
+        same to rounding, with a warning. A run that stopped on a divergence stays
+        stopped (with `stop_on_divergence=False` it goes on). A larger `steps` trains a
+        finished run further (with the same replay capacity: pass `buffer_size` if
+        `steps` set it). Every other setting, the environment (its parameters too), the
+        seeds and the sweep must be those the file was written with, or a `ValueError`
+        names the differences before any work.
 
     **Returns:**
 
@@ -709,21 +750,23 @@ def train(
             )
     runner = _Runner(env, *plan.compiled_configs())
     fresh_runs = ft.partial(_fresh_runs, runner, plan)
+    # How the work is laid out: not a setting of the runs, but a change of it between a
+    # checkpoint and its continuation changes their rounding.
+    available = jax.local_devices() if devices is None else devices
+    layout = {
+        "devices": _shard_count(len(run_seeds), available),
+        "seed group": _seed_group(train_config),
+    }
 
     eval_steps, returns, metric_log = [], [], {}
     start = 0
     if checkpoint is not None:
-        checkpoint = pathlib.Path(checkpoint)
-        settings = checkpoint_settings(env, agent_config, train_config, run_seeds, plan.points)
-    if checkpoint is not None and checkpoint.exists():
-        runs, *history = load_checkpoint(checkpoint, settings, eqx.filter_eval_shape(fresh_runs))
-        past_steps, past_returns, past_metrics = history
-        start = int(past_steps[-1])
-        if start > train_config.steps:
-            raise ValueError(
-                f"`checkpoint` {str(checkpoint)!r} holds {start} steps, more than `steps` "
-                f"({train_config.steps}): pass `steps` >= {start} to continue it."
-            )
+        checkpoint, settings, start = _verified_checkpoint(
+            checkpoint, env, agent_config, train_config, plan
+        )
+    if start:
+        skeleton = eqx.filter_eval_shape(fresh_runs)
+        runs, past_steps, past_returns, past_metrics = load_checkpoint(checkpoint, skeleton, layout)
         eval_steps.append(past_steps)
         returns.append(past_returns)
         metric_log = {name: [values] for name, values in past_metrics.items()}
@@ -737,6 +780,11 @@ def train(
                     "hyperparameters": run_values,
                 }
             )
+        past_updated = _updated_windows(past_steps, train_config.learning_starts)
+        past_checked = _updated_metrics(past_metrics, past_updated)
+        if stop_on_divergence and _divergence(past_returns, past_checked, run_seeds, past_steps)[0]:
+            # The run that wrote it stopped there, as an uninterrupted one does.
+            start = train_config.steps
     else:
         runs = fresh_runs()
     runs, shards = _place_seeds(runs, devices)
@@ -767,6 +815,17 @@ def train(
         returns.append(chunk_returns)
         for name, values in chunk_metrics.items():
             metric_log.setdefault(name, []).append(values)
+        start += iterations * train_config.eval_every
+        if checkpoint is not None:  # first: nothing `on_chunk` does can lose the chunk
+            save_checkpoint(
+                checkpoint,
+                settings,
+                layout,
+                runs,
+                np.concatenate(eval_steps),
+                np.concatenate(returns, axis=1),
+                {name: np.concatenate(values, axis=1) for name, values in metric_log.items()},
+            )
         if on_chunk is not None:
             on_chunk(
                 {
@@ -776,16 +835,6 @@ def train(
                     "seeds": run_seeds,
                     "hyperparameters": run_values,
                 }
-            )
-        start += iterations * train_config.eval_every
-        if checkpoint is not None:
-            save_checkpoint(
-                checkpoint,
-                settings,
-                runs,
-                np.concatenate(eval_steps),
-                np.concatenate(returns, axis=1),
-                {name: np.concatenate(values, axis=1) for name, values in metric_log.items()},
             )
         if bar is not None:
             bar.update(iterations * train_config.eval_every)

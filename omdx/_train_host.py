@@ -218,9 +218,10 @@ def evaluate_host(
             f"`env` must be an `omdx.envs.HostEnv` or a gymnasium id, got {type(env).__name__}; "
             "for a JAX environment use `omdx.evaluate`."
         )
-    _check_evaluation(agent, episodes)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+    episodes = _check_evaluation(env, agent, episodes)
+    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"`seed` must be a non-negative int, got {seed!r}.")
+    seed = int(seed)
     envs = [[_spawn(env) for _ in range(episodes)]]
     agents = jax.tree.map(lambda x: x[None] if eqx.is_array(x) else x, agent)
     reset_seeds = seed + np.arange(episodes)[None]
@@ -312,7 +313,9 @@ def train_host(
         jnp.asarray(observations[0]),
         jnp.array(False),
     )
-    hyperparameters = plan.hyperparameters(dtype)
+    # In the agent's dtype (JAX's default), not the observations': a float32 environment
+    # under `jax_enable_x64` must not round gamma or the learning rates to float32.
+    hyperparameters = plan.hyperparameters(jnp.result_type(float))
     compiled_config = plan.compiled_configs()[0]
     spec = EnvSpec(env.observation_size, env.num_actions)
     with errors_off():

@@ -280,9 +280,15 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
     and whether a run diverged (then the others are reported without it)."""
     import jax
 
-    from ._checkpoint import checkpoint_steps
     from ._report import CsvAppender, plot_curves, run_summary, write_json
-    from ._train import _runs_of, _sweep_points, train, TrainingDiverged
+    from ._train import (
+        _RunPlan,
+        _runs_of,
+        _sweep_points,
+        _verified_checkpoint,
+        train,
+        TrainingDiverged,
+    )
     from ._train_host import train_host
 
     if not args.blowup_loss > 0:
@@ -299,8 +305,13 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
             "`--checkpoint` needs a JAX environment: a gymnasium environment stepped in Python "
             "(--host) cannot be saved mid-episode."
         )
-    checkpoint = out / "checkpoint.npz" if args.checkpoint else None
-    resumed_from = checkpoint_steps(checkpoint) if checkpoint is not None else 0
+    checkpoint, resumed_from = None, 0
+    if args.checkpoint:  # checked before any file is written
+        plan = _RunPlan.of(args.seeds, sweep, agent_config, train_config)
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint, _, resumed_from = _verified_checkpoint(
+            out / "checkpoint.npz", env, agent_config, train_config, plan
+        )
     out.mkdir(parents=True, exist_ok=True)
     write_json(
         out / "config.json",
