@@ -215,6 +215,20 @@ def select_action(
     return jnp.where(explore, random_action, policy_action).astype(jnp.int32)
 
 
+def _as_env(env: AbstractEnv | str, host_alternative: str) -> AbstractEnv:
+    """`env`, or the JAX environment of an id; a `TypeError` for anything else names
+    `host_alternative`, the function for gymnasium environments stepped in Python."""
+    if isinstance(env, str):
+        return make(env)
+    if not isinstance(env, AbstractEnv):
+        raise TypeError(
+            "`env` must be an `omdx.envs.AbstractEnv` or an id known to `omdx.envs.make`, "
+            f"got {type(env).__name__}; for a gymnasium environment stepped in Python use "
+            f"`{host_alternative}`."
+        )
+    return env
+
+
 def _check_evaluation(env, agent: AgentState, episodes: int) -> int:
     """`evaluate`'s and `evaluate_host`'s checks: one agent, whose Q-network fits `env`
     (discrete actions), and a positive number of episodes, returned as an `int`."""
@@ -262,14 +276,7 @@ def evaluate(env: AbstractEnv | str, agent: AgentState, key: PRNGKeyArray, episo
 
     A scalar: the mean return.
     """
-    if isinstance(env, str):
-        env = make(env)
-    if not isinstance(env, AbstractEnv):
-        raise TypeError(
-            "`env` must be an `omdx.envs.AbstractEnv` or an id known to `omdx.envs.make`, "
-            f"got {type(env).__name__}; for a gymnasium environment stepped in Python use "
-            "`omdx.evaluate_host`."
-        )
+    env = _as_env(env, host_alternative="omdx.evaluate_host")
     episodes = _check_evaluation(env, agent, episodes)
     reset_key, loop_key = jr.split(key)
     states, observations = jax.vmap(env.reset)(jr.split(reset_key, episodes))
@@ -732,13 +739,7 @@ def train(
     with `stop_on_divergence=False` at the end. It names the seeds (and sweep values) and
     the first step, and holds every run's result up to its last evaluation.
     """
-    if isinstance(env, str):
-        env = make(env)
-    if not isinstance(env, AbstractEnv):
-        raise TypeError(
-            "`env` must be an `omdx.envs.AbstractEnv` or an id known to `omdx.envs.make`, got "
-            f"{type(env).__name__}."
-        )
+    env = _as_env(env, host_alternative="omdx.train_host")
     _check_inputs(env, agent_config, train_config)
     plan = _RunPlan.of(seeds, sweep, agent_config, train_config)
     run_seeds, run_values = plan.run_seeds, plan.run_values

@@ -561,17 +561,23 @@ def test_a_run_continues_from_its_checkpoint_as_if_never_stopped(cartpole, tmp_p
             checkpoint=path,
             on_chunk=interrupted,
         )
-    streamed = []
-    resumed = omdx.train(
-        cartpole,
-        TINY_AGENT,
-        run,
-        seeds=2,
-        progress=False,
-        checkpoint=path,
-        on_chunk=streamed.append,
-    )
-    assert [chunk["eval_steps"].tolist() for chunk in streamed] == [[200, 400, 600], [800]]
+
+    def continued():
+        """The run from the checkpoint, and the evaluation steps of each chunk streamed."""
+        streamed = []
+        result = omdx.train(
+            cartpole,
+            TINY_AGENT,
+            run,
+            seeds=2,
+            progress=False,
+            checkpoint=path,
+            on_chunk=streamed.append,
+        )
+        return result, [chunk["eval_steps"].tolist() for chunk in streamed]
+
+    resumed, chunks = continued()
+    assert chunks == [[200, 400, 600], [800]]
 
     def assert_same_run(result):
         np.testing.assert_array_equal(result.eval_steps, whole.eval_steps)
@@ -585,17 +591,8 @@ def test_a_run_continues_from_its_checkpoint_as_if_never_stopped(cartpole, tmp_p
 
     assert_same_run(resumed)
     # A finished checkpoint is the finished run: nothing left to train.
-    streamed = []
-    finished = omdx.train(
-        cartpole,
-        TINY_AGENT,
-        run,
-        seeds=2,
-        progress=False,
-        checkpoint=path,
-        on_chunk=streamed.append,
-    )
-    assert [chunk["eval_steps"].tolist() for chunk in streamed] == [[200, 400, 600, 800]]
+    finished, chunks = continued()
+    assert chunks == [[200, 400, 600, 800]]
     assert_same_run(finished)
     with pytest.raises(ValueError, match=r"holds 800 steps, more than `steps` \(600\)"):
         shorter = dataclasses.replace(run, steps=600)
