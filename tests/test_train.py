@@ -547,35 +547,23 @@ def test_a_run_continues_from_its_checkpoint_as_if_never_stopped(cartpole, tmp_p
     whole = omdx.train(cartpole, TINY_AGENT, run, seeds=2, progress=False)
     path = tmp_path / "run.npz"
 
-    def interrupted(chunk):
-        if chunk["eval_steps"][-1] == 600:
-            raise KeyboardInterrupt
+    def continued(interrupt_at=None):
+        """The run from the checkpoint (if any), and the evaluation steps of each chunk
+        streamed; interrupted when a chunk ends at `interrupt_at`."""
+        streamed = []
+
+        def on_chunk(chunk):
+            streamed.append(chunk["eval_steps"].tolist())
+            if streamed[-1][-1] == interrupt_at:
+                raise KeyboardInterrupt
+
+        result = omdx.train(
+            cartpole, TINY_AGENT, run, seeds=2, progress=False, checkpoint=path, on_chunk=on_chunk
+        )
+        return result, streamed
 
     with pytest.raises(KeyboardInterrupt):  # the third chunk is saved before `on_chunk`
-        omdx.train(
-            cartpole,
-            TINY_AGENT,
-            run,
-            seeds=2,
-            progress=False,
-            checkpoint=path,
-            on_chunk=interrupted,
-        )
-
-    def continued():
-        """The run from the checkpoint, and the evaluation steps of each chunk streamed."""
-        streamed = []
-        result = omdx.train(
-            cartpole,
-            TINY_AGENT,
-            run,
-            seeds=2,
-            progress=False,
-            checkpoint=path,
-            on_chunk=streamed.append,
-        )
-        return result, [chunk["eval_steps"].tolist() for chunk in streamed]
-
+        continued(interrupt_at=600)
     resumed, chunks = continued()
     assert chunks == [[200, 400, 600], [800]]
 
