@@ -74,7 +74,7 @@ def compilation_table(env, steps: int) -> list[dict]:
 def checkpoint_table(env, seed_counts: list[int], chunk_steps: int, rounds: int) -> list[dict]:
     import omdx
     from omdx._checkpoint import save_checkpoint
-    from omdx._train import _fresh_runs, _run_chunk, _Runner, _RunPlan, errors_off
+    from omdx._train import _fresh_runs, _run_chunk, _RunPlan, errors_off
 
     rows = []
     for seeds in seed_counts:
@@ -82,14 +82,14 @@ def checkpoint_table(env, seed_counts: list[int], chunk_steps: int, rounds: int)
         run = omdx.TrainConfig(evals_per_chunk=chunk_steps // 1_000)
         agent_config = omdx.AgentConfig()
         plan = _RunPlan.of(seeds, None, agent_config, run)
-        runner = _Runner(env, *plan.compiled_configs())
+        runner = plan.runner(env)
         runs = _fresh_runs(runner, plan)
         iterations = chunk_steps // run.eval_every
         chunk_seconds, save_seconds = [], []
         with tempfile.TemporaryDirectory() as folder:
             path = pathlib.Path(folder) / "run.npz"
             history = np.zeros((seeds, 1))
-            for chunk in range(rounds + 1):  # the first chunk compiles (and is random steps)
+            for chunk in range(rounds + 1):  # the first compiles (and starts with random steps)
                 start = time.perf_counter()
                 with errors_off():
                     first_step = jnp.asarray(chunk * chunk_steps)

@@ -52,7 +52,6 @@ def prepared_compiled_run(
         _fresh_runs,
         _place_seeds,
         _run_chunk,
-        _Runner,
         _RunPlan,
         errors_off,
         TrainConfig,
@@ -67,7 +66,7 @@ def prepared_compiled_run(
         **train_config_kwargs,
     )
     plan = _RunPlan.of(seeds, None, agent_config, tc)  # as `omdx.train` sets a run up
-    runner = _Runner(env, *plan.compiled_configs())
+    runner = plan.runner(env)
     runs = _fresh_runs(runner, plan)
     runs, shards = _place_seeds(runs, jax.local_devices()[:devices])
     chunk = 0

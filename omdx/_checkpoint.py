@@ -53,23 +53,48 @@ def _describe_env(env) -> str:
 
 
 def _env_digest(env) -> str:
-    """A digest of every number in the environment (its parameters: a CartPole with
-    another gravity has another digest)."""
+    """A digest of the environment's settings: every number, string and array in it, its
+    static fields and the attributes of the objects it holds (a gymnasium `FuncEnv`)
+    included, so that a CartPole with another gravity has another digest."""
     digest = hashlib.sha256()
-    for leaf in jax.tree.leaves(env):
-        if eqx.is_array_like(leaf):
-            array = np.asarray(leaf)
-            digest.update(f"{array.dtype}{array.shape}".encode())
-            digest.update(array.tobytes())
-        else:
-            digest.update(type(leaf).__name__.encode())
+    _digest_into(digest, env, depth=8)
     return digest.hexdigest()[:16]
+
+
+def _digest_into(digest, value, depth: int) -> None:
+    if isinstance(value, bool | int | float | str | complex) or value is None:
+        digest.update(repr(value).encode())
+    elif eqx.is_array(value) or isinstance(value, np.ndarray | np.generic):
+        array = np.asarray(value)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+    elif depth == 0 or callable(value) and not dataclasses.is_dataclass(value):
+        # Functions, and what lies too deep, count by their type only: their repr holds a
+        # memory address, which differs between processes.
+        digest.update(type(value).__name__.encode())
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _digest_into(digest, item, depth - 1)
+    elif isinstance(value, dict):
+        for key in sorted(value, key=repr):
+            digest.update(repr(key).encode())
+            _digest_into(digest, value[key], depth - 1)
+    elif dataclasses.is_dataclass(value):  # Equinox modules, with their static fields
+        digest.update(type(value).__name__.encode())
+        for field in dataclasses.fields(value):
+            digest.update(field.name.encode())
+            _digest_into(digest, getattr(value, field.name, None), depth - 1)
+    elif hasattr(value, "__dict__"):  # plain objects, e.g. a gymnasium `FuncEnv`
+        digest.update(type(value).__name__.encode())
+        _digest_into(digest, vars(value), depth - 1)
+    else:
+        digest.update(type(value).__name__.encode())
 
 
 def checkpoint_settings(env, agent_config, train_config, seeds, points) -> dict[str, Any]:
     """What a run continued from a checkpoint must share with the run that wrote it, as
     JSON: everything but the number of steps (which may grow) and how the work is split
-    (chunks, seed groups, devices: see `layout_differences`). The replay buffer's capacity
+    (chunks, seed groups, devices: `load_checkpoint` warns of those). The replay buffer's capacity
     is in it, since it sets the buffer's shape."""
     train_settings = {
         "random_steps": train_config.random_steps,

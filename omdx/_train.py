@@ -150,11 +150,14 @@ TrainConfig.__init__.__doc__ = """**Arguments:**
 SWEEPABLE = SWEEPABLE_AGENT_FIELDS + ("epsilon",)
 _INTEGER_SWEEPS = ("inner_steps",)
 # Traced in every run, swept or not, so that a new value of one of them reuses the
-# compiled run instead of compiling another. For each, a traced value computes exactly
-# what the constant does (the tests check this bit for bit), so a run does not depend on
-# whether it was swept. The others stay constants unless swept: a constant K bounds the
-# inner loop, a constant zero `likelihood_weight` drops the likelihood term, and XLA
-# computes `x / temperature` for a constant temperature to a different last bit.
+# compiled run instead of compiling another. For each, a traced value (in JAX's default
+# float) computes exactly what the constant does when the data are in that float too (the
+# tests check this bit for bit), so a run does not depend on whether it was swept. With
+# data in another float (a float32 `HostEnv` under `jax_enable_x64`), a Python constant
+# took the data's precision and the array keeps the agent's. The others stay constants
+# unless swept: a constant K bounds the inner loop, a constant zero `likelihood_weight`
+# drops the likelihood term, and XLA computes `x / temperature` for a constant
+# temperature to a different last bit.
 _ALWAYS_TRACED = ("gamma", "target_update", "q_lr", "model_lr", "epsilon")
 
 
@@ -407,6 +410,20 @@ def _init_runs(runner: _Runner, keys: PRNGKeyArray) -> RunState:
     return eqx.filter_vmap(runner.init)(keys)
 
 
+def _layout(runs: int, devices, train_config: TrainConfig) -> dict[str, Any]:
+    """How the work of `runs` runs is laid out: not a setting of the runs, but a change
+    of it between a checkpoint and its continuation changes their rounding. The seed
+    group is the one in effect (`None`: every local seed in one vmapped batch)."""
+    available, shards = _shards(runs, devices)
+    group = _seed_group(train_config)
+    local_seeds = runs // shards
+    return {
+        "backend": f"{jax.default_backend()} ({available[0].device_kind})",
+        "devices": shards,
+        "seed group": None if group is None or group >= local_seeds else group,
+    }
+
+
 def _verified_checkpoint(
     checkpoint, env, agent_config, train_config, plan: "_RunPlan"
 ) -> tuple[pathlib.Path, dict[str, Any], int]:
@@ -420,8 +437,8 @@ def _verified_checkpoint(
 
 
 def _fresh_runs(runner: _Runner, plan: "_RunPlan") -> RunState:
-    """Every run of `plan` at its start, with its traced hyperparameters; `runner` closes
-    over the plan's `compiled_configs`."""
+    """Every run of `plan` at its start, with its traced hyperparameters; `runner` is
+    `plan.runner(env)`."""
     runs = _init_runs(runner, jax.vmap(jr.PRNGKey)(jnp.asarray(plan.run_seeds)))
     return dataclasses.replace(runs, hyperparameters=plan.hyperparameters(jnp.result_type(float)))
 
@@ -488,13 +505,19 @@ def _shard_count(seeds: int, devices: Sequence[jax.Device]) -> int:
     return max(d for d in range(1, min(seeds, len(devices)) + 1) if seeds % d == 0)
 
 
+def _shards(seeds: int, devices: Sequence[jax.Device] | None) -> tuple[list, int]:
+    """`(available devices, how many of them share the seeds)`: the devices (default: all
+    local ones) and the most of them that share `seeds` evenly."""
+    available = jax.local_devices() if devices is None else list(devices)
+    return available, _shard_count(seeds, available)
+
+
 def _place_seeds(runs: RunState, devices: Sequence[jax.Device] | None) -> tuple[RunState, int]:
     """Split the runs' leading (seed) axis over the most of `devices` (default: all local
     devices) that share the seeds evenly, in contiguous blocks; returns the placed runs and
     the number of devices used. With the default devices and one shard, the runs stay
     where they are."""
-    available = jax.local_devices() if devices is None else devices
-    shards = _shard_count(runs.key.shape[0], available)
+    available, shards = _shards(runs.key.shape[0], devices)
     if devices is None and shards == 1:
         return runs, 1
     mesh = jax.sharding.Mesh(np.asarray(available[:shards]), ("seeds",))
@@ -629,6 +652,10 @@ class _RunPlan(eqx.Module):
             for name, values in self.traced_values.items()
         }
 
+    def runner(self, env: AbstractEnv) -> "_Runner":
+        """The compiled run's functions for `env`, closed over `compiled_configs`."""
+        return _Runner(env, *self.compiled_configs())
+
     def compiled_configs(self) -> tuple[AgentConfig, TrainConfig]:
         """The configs the compiled run closes over: the traced hyperparameters set to the
         defaults, so that runs differing only in them share one compilation. Their real
@@ -749,15 +776,9 @@ def train(
             raise TypeError(
                 f"`devices` must be a non-empty list of `jax.Device`s, got {devices!r}."
             )
-    runner = _Runner(env, *plan.compiled_configs())
+    runner = plan.runner(env)
     fresh_runs = ft.partial(_fresh_runs, runner, plan)
-    # How the work is laid out: not a setting of the runs, but a change of it between a
-    # checkpoint and its continuation changes their rounding.
-    available = jax.local_devices() if devices is None else devices
-    layout = {
-        "devices": _shard_count(len(run_seeds), available),
-        "seed group": _seed_group(train_config),
-    }
+    layout = _layout(len(run_seeds), devices, train_config)
 
     eval_steps, returns, metric_log = [], [], {}
     start = 0

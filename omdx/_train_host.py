@@ -149,8 +149,8 @@ def _spawn(env: HostEnv) -> HostEnv:
             inner = gymnasium.make(spec)
         except Exception as make_error:
             raise TypeError(
-                "`train_host` steps a copy of the environment for each seed and each "
-                f"evaluation episode; this one cannot be deep-copied ({copy_error}) nor made "
+                "omdx steps a copy of the environment for each run and each evaluation "
+                f"episode; this one cannot be deep-copied ({copy_error}) nor made "
                 f"again from its spec ({make_error}). Register it with `gymnasium.register` "
                 "and pass its id."
             ) from make_error
@@ -189,6 +189,19 @@ def _evaluate(
     return totals.mean(axis=1)
 
 
+def _as_host_env(env: HostEnv | str, jax_alternative: str) -> HostEnv:
+    """`env`, or a `HostEnv` of a gymnasium id; a `TypeError` for anything else names
+    `jax_alternative`, the function for JAX environments."""
+    if isinstance(env, str):
+        return HostEnv(env)
+    if not isinstance(env, HostEnv):
+        raise TypeError(
+            f"`env` must be an `omdx.envs.HostEnv` or a gymnasium id, got {type(env).__name__}; "
+            f"for a JAX environment use `{jax_alternative}`."
+        )
+    return env
+
+
 def evaluate_host(
     env: HostEnv | str, agent: AgentState, episodes: int = 10, *, seed: int = 0
 ) -> float:
@@ -211,13 +224,7 @@ def evaluate_host(
 
     The mean return, a Python float.
     """
-    if isinstance(env, str):
-        env = HostEnv(env)
-    if not isinstance(env, HostEnv):
-        raise TypeError(
-            f"`env` must be an `omdx.envs.HostEnv` or a gymnasium id, got {type(env).__name__}; "
-            "for a JAX environment use `omdx.evaluate`."
-        )
+    env = _as_host_env(env, jax_alternative="omdx.evaluate")
     episodes = _check_evaluation(env, agent, episodes)
     if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"`seed` must be a non-negative int, got {seed!r}.")
@@ -291,10 +298,7 @@ def train_host(
     [`omdx.TrainingDiverged`][] if a run produced a non-finite return or loss, as for
     [`omdx.train`][].
     """
-    if isinstance(env, str):
-        env = HostEnv(env)
-    if not isinstance(env, HostEnv):
-        raise TypeError(f"`env` must be an `omdx.envs.HostEnv` or an id, got {type(env)}.")
+    env = _as_host_env(env, jax_alternative="omdx.train")
     _check_inputs(env, agent_config, train_config)
     tc = train_config
     plan = _RunPlan.of(seeds, sweep, agent_config, train_config)
@@ -313,8 +317,11 @@ def train_host(
         jnp.asarray(observations[0]),
         jnp.array(False),
     )
-    # In the agent's dtype (JAX's default), not the observations': a float32 environment
-    # under `jax_enable_x64` must not round gamma or the learning rates to float32.
+    # In the agent's dtype (JAX's default), not the observations': with a float32
+    # environment under `jax_enable_x64`, float32 arrays would round the learning rates
+    # and gamma before they meet the float64 agent. (The Python constants they replace
+    # met the float32 rewards in float32 in `bellman_targets`; the float64 arrays keep
+    # the agent's precision there, a change of about 1e-10 in the losses.)
     hyperparameters = plan.hyperparameters(jnp.result_type(float))
     compiled_config = plan.compiled_configs()[0]
     spec = EnvSpec(env.observation_size, env.num_actions)

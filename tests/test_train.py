@@ -3,6 +3,7 @@
 import dataclasses
 import functools as ft
 import logging
+import warnings
 
 import equinox as eqx
 import gymnasium
@@ -134,7 +135,8 @@ def test_sweep_points_equal_separate_runs(cartpole):
 
 
 # Every hyperparameter that `train` passes as an array in every run, swept or not.
-TRACED = {"gamma": 0.95, "target_update": 0.01, "q_lr": 1e-3, "model_lr": 3e-4}
+TRACED = {"gamma": 0.95, "target_update": 0.02, "q_lr": 1e-3, "model_lr": 3e-4}
+EPSILON = 0.5  # and `TrainConfig.epsilon`, through `select_action`'s exploration
 
 
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
@@ -156,16 +158,19 @@ def test_traced_hyperparameters_compute_what_constants_do(agent, dtype, getkey):
     def with_constants(state, batch, key):
         state, metrics = agent_step(state, batch, config)
         action = select_action(
-            state, batch.observation[0], key, ACTIONS, explore_probability=0.1, config=config
+            state, batch.observation[0], key, ACTIONS, explore_probability=EPSILON, config=config
         )
         return state, metrics, action
+
+    # As `train` makes it: in JAX's default float, whatever the data's.
+    epsilon = jnp.asarray(EPSILON, jnp.result_type(float))
 
     @eqx.filter_jit
     def with_arrays(state, batch, key, values):
         swept = _swept_config(compiled, values)
         state, metrics = agent_step(state, batch, swept)
         action = select_action(
-            state, batch.observation[0], key, ACTIONS, explore_probability=0.1, config=swept
+            state, batch.observation[0], key, ACTIONS, explore_probability=epsilon, config=swept
         )
         return state, metrics, action
 
@@ -181,10 +186,12 @@ def test_traced_hyperparameters_compute_what_constants_do(agent, dtype, getkey):
         assert bool(eqx.tree_equal(array_state, constant_state))
         assert bool(eqx.tree_equal(array_metrics, constant_metrics))
         assert int(array_action) == int(constant_action)
-    # The arrays reach the update: the defaults' values give another state.
-    defaults = {name: jnp.asarray(getattr(compiled, name), dtype) for name in TRACED}
-    default_state = with_arrays(state, batch, action_key, defaults)[0]
-    assert not bool(eqx.tree_equal(default_state, with_arrays(state, batch, action_key, values)[0]))
+    # Each array reaches the update: its default value instead gives another state.
+    updated = with_arrays(state, batch, action_key, values)[0]
+    for name in TRACED:
+        default = {**values, name: jnp.asarray(getattr(compiled, name), dtype)}
+        other = with_arrays(state, batch, action_key, default)[0]
+        assert not bool(eqx.tree_equal(other, updated)), name
 
 
 @pytest.mark.parametrize("loop", ["compiled", "host"])
@@ -532,7 +539,7 @@ def test_host_evaluation_steps_the_greedy_policy_in_gymnasium(getkey):
 
 def test_host_loop_hyperparameters_keep_the_agents_precision():
     # A float32 environment under float64 (to halve the buffer): gamma and the learning
-    # rates stay float64, as the Python constants they replace were.
+    # rates are made in the agent's float64, not rounded to the observations' float32.
     run = TrainConfig(steps=400, random_steps=200, eval_every=200, eval_episodes=1, batch_size=32)
     env = omdx.envs.HostEnv("CartPole-v1", dtype=np.float32)
     result = omdx.train_host(env, TINY_AGENT, run, progress=False)
@@ -594,6 +601,27 @@ def test_a_run_continues_from_its_checkpoint_as_if_never_stopped(cartpole, tmp_p
     )
 
 
+class _ScaledReward(omdx.envs.AbstractEnv):
+    """CartPole with its rewards scaled by a static setting."""
+
+    env: omdx.envs.AbstractEnv
+    scale: float = eqx.field(static=True)
+
+    observation_size = property(lambda self: self.env.observation_size)
+    num_actions = property(lambda self: self.env.num_actions)
+    action_size = property(lambda self: self.env.action_size)
+    action_low = property(lambda self: self.env.action_low)
+    action_high = property(lambda self: self.env.action_high)
+    max_episode_steps = property(lambda self: self.env.max_episode_steps)
+
+    def reset(self, key):
+        return self.env.reset(key)
+
+    def step(self, state, action, key):
+        state, step = self.env.step(state, action, key)
+        return state, dataclasses.replace(step, reward=self.scale * step.reward)
+
+
 def test_a_checkpoint_of_other_settings_is_refused(cartpole, tmp_path):
     path = tmp_path / "run.npz"
     omdx.train(cartpole, TINY_AGENT, TINY_RUN, seeds=2, progress=False, checkpoint=path)
@@ -616,6 +644,12 @@ def test_a_checkpoint_of_other_settings_is_refused(cartpole, tmp_path):
     light = eqx.tree_at(lambda env: env.params, cartpole, cartpole.params.replace(gravity=3.0))
     with pytest.raises(ValueError, match=r"env parameters \(digest\)"):
         omdx.train(light, TINY_AGENT, TINY_RUN, seeds=2, progress=False, checkpoint=path)
+    # A setting in a static field (not a PyTree leaf) counts too.
+    scaled = _ScaledReward(cartpole, scale=100.0)
+    unscaled = omdx.envs.make("CartPole-v1")  # built again: the same digest
+    omdx.train(unscaled, TINY_AGENT, TINY_RUN, seeds=2, progress=False, checkpoint=path)
+    with pytest.raises(ValueError, match=r"env parameters \(digest\)"):
+        omdx.train(scaled, TINY_AGENT, TINY_RUN, seeds=2, progress=False, checkpoint=path)
     with pytest.raises(ValueError, match="the folder .* does not exist"):  # before training
         omdx.train(cartpole, TINY_AGENT, TINY_RUN, checkpoint=tmp_path / "no" / "run.npz")
     junk = tmp_path / "junk.npz"
@@ -624,11 +658,35 @@ def test_a_checkpoint_of_other_settings_is_refused(cartpole, tmp_path):
         omdx.train(cartpole, TINY_AGENT, TINY_RUN, progress=False, checkpoint=junk)
     # The same settings, written differently, continue it: np.float64(3e-4) is 3e-4.
     same = dataclasses.replace(TINY_AGENT, q_lr=np.float64(3e-4))
-    assert omdx.train(cartpole, same, TINY_RUN, seeds=2, progress=False, checkpoint=path)
-    # The work laid out otherwise continues, to rounding: said, not refused.
-    regrouped = dataclasses.replace(TINY_RUN, seed_group=1)
-    with pytest.warns(UserWarning, match=r"seed group: 4 in the checkpoint, 1 now"):
-        omdx.train(cartpole, TINY_AGENT, regrouped, seeds=2, progress=False, checkpoint=path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same layout: no warning
+        again = omdx.train(cartpole, same, TINY_RUN, seeds=2, progress=False, checkpoint=path)
+    assert again.eval_steps.tolist() == [200, 400]
+
+
+def test_a_checkpoint_continued_on_another_layout_says_so(cartpole, tmp_path):
+    # Two seeds on one device: vmapped together by default, one after the other in seed
+    # groups of 1, which changes the rounding (not the settings): continued, with a warning.
+    path, one_device = tmp_path / "run.npz", jax.devices()[:1]
+    half = dataclasses.replace(TINY_RUN, buffer_size=600)
+    run = dataclasses.replace(half, steps=600)
+
+    def train(train_config, devices=one_device):
+        kwargs = dict(seeds=2, progress=False, checkpoint=path, devices=devices)
+        return omdx.train(cartpole, TINY_AGENT, train_config, **kwargs)
+
+    train(half)
+    regrouped = dataclasses.replace(run, seed_group=1)
+    with pytest.warns(UserWarning, match=r"seed group: None in the checkpoint, 1 now"):
+        assert train(regrouped).eval_steps.tolist() == [200, 400, 600]
+    with pytest.warns(UserWarning, match=r"devices: 1 in the checkpoint, 2 now"):
+        train(dataclasses.replace(run, seed_group=1), devices=jax.devices())
+    # A group as large as the seeds is no group: the same computation, no warning.
+    path.unlink()
+    train(half)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(dataclasses.replace(run, seed_group=2))
 
 
 def test_a_checkpoint_that_stopped_on_a_divergence_stays_stopped(cartpole, tmp_path):
