@@ -425,13 +425,14 @@ def _layout(runs: int, devices, train_config: TrainConfig) -> dict[str, Any]:
 
 
 def _verified_checkpoint(
-    checkpoint, env, agent_config, train_config, plan: "_RunPlan"
+    checkpoint, env: AbstractEnv, plan: "_RunPlan"
 ) -> tuple[pathlib.Path, dict[str, Any], int]:
     """`(path, settings, steps held)` of `train`'s `checkpoint`, checked (before any work)
-    against the run `plan` describes; see `_checkpoint.verify_checkpoint`."""
+    against the run `plan` describes on `env`; see `_checkpoint.verify_checkpoint`."""
     if not isinstance(checkpoint, str | os.PathLike):
         raise TypeError(f"`checkpoint` must be a path, got {type(checkpoint).__name__}.")
     path = pathlib.Path(checkpoint)
+    agent_config, train_config = plan.agent_config, plan.train_config
     settings = checkpoint_settings(env, agent_config, train_config, plan.seeds, plan.points)
     return path, settings, verify_checkpoint(path, settings, train_config.steps)
 
@@ -626,10 +627,12 @@ class _RunPlan(eqx.Module):
             _sweep_label({name: values[i] for name, values in run_values.items()})
             for i in range(len(run_seeds))
         ]
-        configs = {name: agent_config for name in SWEEPABLE_AGENT_FIELDS}
-        configs["epsilon"] = train_config
         traced_values = {
-            name: np.full(len(run_seeds), getattr(configs[name], name), float)
+            name: np.full(
+                len(run_seeds),
+                getattr(train_config if name == "epsilon" else agent_config, name),
+                float,
+            )
             for name in _ALWAYS_TRACED
         }
         traced_values.update(run_values)
@@ -650,6 +653,16 @@ class _RunPlan(eqx.Module):
         return {
             name: jnp.asarray(values, jnp.int32 if name in _INTEGER_SWEEPS else float_dtype)
             for name, values in self.traced_values.items()
+        }
+
+    def streamed(self, eval_steps, eval_returns, metrics) -> dict[str, Any]:
+        """What `on_chunk` receives for these evaluations of every run."""
+        return {
+            "eval_steps": eval_steps,
+            "eval_returns": eval_returns,
+            "metrics": metrics,
+            "seeds": self.run_seeds,
+            "hyperparameters": self.run_values,
         }
 
     def runner(self, env: AbstractEnv) -> "_Runner":
@@ -769,7 +782,7 @@ def train(
     env = _as_env(env, host_alternative="omdx.train_host")
     _check_inputs(env, agent_config, train_config)
     plan = _RunPlan.of(seeds, sweep, agent_config, train_config)
-    run_seeds, run_values = plan.run_seeds, plan.run_values
+    run_seeds = plan.run_seeds
     if devices is not None:
         devices = list(devices)
         if not devices or not all(isinstance(d, jax.Device) for d in devices):
@@ -782,10 +795,14 @@ def train(
 
     eval_steps, returns, metric_log = [], [], {}
     start = 0
+
+    def diverged(steps, returns, metrics) -> bool:
+        checked = _updated_metrics(metrics, _updated_windows(steps, train_config.learning_starts))
+        return _divergence(returns, checked, run_seeds, steps)[0] is not None
+
+    stopped = False
     if checkpoint is not None:
-        checkpoint, settings, start = _verified_checkpoint(
-            checkpoint, env, agent_config, train_config, plan
-        )
+        checkpoint, settings, start = _verified_checkpoint(checkpoint, env, plan)
     if start:
         skeleton = eqx.filter_eval_shape(fresh_runs)
         runs, past_steps, past_returns, past_metrics = load_checkpoint(checkpoint, skeleton, layout)
@@ -793,25 +810,14 @@ def train(
         returns.append(past_returns)
         metric_log = {name: [values] for name, values in past_metrics.items()}
         if on_chunk is not None:
-            on_chunk(
-                {
-                    "eval_steps": past_steps,
-                    "eval_returns": past_returns,
-                    "metrics": past_metrics,
-                    "seeds": run_seeds,
-                    "hyperparameters": run_values,
-                }
-            )
-        past_updated = _updated_windows(past_steps, train_config.learning_starts)
-        past_checked = _updated_metrics(past_metrics, past_updated)
-        if stop_on_divergence and _divergence(past_returns, past_checked, run_seeds, past_steps)[0]:
-            # The run that wrote it stopped there, as an uninterrupted one does.
-            start = train_config.steps
+            on_chunk(plan.streamed(past_steps, past_returns, past_metrics))
+        # The run that wrote it stopped there, as an uninterrupted one does.
+        stopped = stop_on_divergence and diverged(past_steps, past_returns, past_metrics)
     else:
         runs = fresh_runs()
     runs, shards = _place_seeds(runs, devices)
 
-    remaining_evals = (train_config.steps - start) // train_config.eval_every
+    remaining_evals = 0 if stopped else (train_config.steps - start) // train_config.eval_every
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -849,20 +855,11 @@ def train(
                 {name: np.concatenate(values, axis=1) for name, values in metric_log.items()},
             )
         if on_chunk is not None:
-            on_chunk(
-                {
-                    "eval_steps": steps,
-                    "eval_returns": chunk_returns,
-                    "metrics": chunk_metrics,
-                    "seeds": run_seeds,
-                    "hyperparameters": run_values,
-                }
-            )
+            on_chunk(plan.streamed(steps, chunk_returns, chunk_metrics))
         if bar is not None:
             bar.update(iterations * train_config.eval_every)
             bar.set_postfix(eval_return=f"{float(np.mean(chunk_returns[:, -1])):.1f}")
-        checked = _updated_metrics(chunk_metrics, chunk_updated)
-        if stop_on_divergence and _divergence(chunk_returns, checked, run_seeds, steps)[0]:
+        if stop_on_divergence and diverged(steps, chunk_returns, chunk_metrics):
             break
     if bar is not None:
         bar.close()

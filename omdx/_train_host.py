@@ -302,7 +302,7 @@ def train_host(
     _check_inputs(env, agent_config, train_config)
     tc = train_config
     plan = _RunPlan.of(seeds, sweep, agent_config, train_config)
-    run_seeds, run_values = plan.run_seeds, plan.run_values
+    run_seeds = plan.run_seeds
     n_runs = len(run_seeds)
     # Every copy is made before any work, so that one that cannot be made fails first.
     envs = [env] + [_spawn(env) for _ in range(n_runs - 1)]
@@ -421,15 +421,7 @@ def train_host(
             chunk_returns = np.stack(returns[chunk], axis=1)
             chunk_metrics = {k: np.stack(v[chunk], axis=1) for k, v in metric_log.items()}
             if on_chunk is not None:
-                on_chunk(
-                    {
-                        "eval_steps": np.asarray(eval_steps[chunk]),
-                        "eval_returns": chunk_returns,
-                        "metrics": chunk_metrics,
-                        "seeds": run_seeds,
-                        "hyperparameters": run_values,
-                    }
-                )
+                on_chunk(plan.streamed(np.asarray(eval_steps[chunk]), chunk_returns, chunk_metrics))
             if stop_on_divergence:
                 checked = _updated_metrics(chunk_metrics, updated[chunk])
                 chunk_steps = np.asarray(eval_steps[chunk])

@@ -309,9 +309,7 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
     if args.checkpoint:  # checked before any file is written
         plan = _RunPlan.of(args.seeds, sweep, agent_config, train_config)
         out.mkdir(parents=True, exist_ok=True)
-        checkpoint, _, resumed_from = _verified_checkpoint(
-            out / "checkpoint.npz", env, agent_config, train_config, plan
-        )
+        checkpoint, _, resumed_from = _verified_checkpoint(out / "checkpoint.npz", env, plan)
     out.mkdir(parents=True, exist_ok=True)
     write_json(
         out / "config.json",
