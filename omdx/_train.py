@@ -248,7 +248,8 @@ def _check_evaluation(env, agent: AgentState, episodes: int) -> int:
         )
     if env.num_actions is None:
         raise ValueError(
-            "`env` has continuous actions; the agents' greedy policy needs discrete ones."
+            "`env` has continuous actions; the agents' greedy policy needs discrete ones "
+            "(the `omdx.envs.discretize_actions` or `action_bins` the agent was trained with)."
         )
     observation = jax.ShapeDtypeStruct((env.observation_size,), jnp.result_type(float))
     try:
@@ -595,7 +596,11 @@ def _chunk_plan(total: int, per_chunk: int) -> list[int]:
 def _check_inputs(env, agent_config, train_config) -> None:
     """The checks `train` and `train_host` share, before any work."""
     if env.num_actions is None:
-        raise ValueError("`env` has continuous actions; the OMD/MLE/VEP agents need discrete ones.")
+        raise ValueError(
+            "`env` has continuous actions; the OMD/MLE/VEP agents need discrete ones: "
+            "discretise them with `omdx.envs.discretize_actions(env, bins)` (or "
+            "`omdx.envs.make(id, action_bins=bins)`, `omdx.envs.HostEnv(id, action_bins=bins)`)."
+        )
     if not isinstance(agent_config, AgentConfig):
         raise TypeError(f"`agent_config` must be an `AgentConfig`, got {type(agent_config)}.")
     if not isinstance(train_config, TrainConfig):

@@ -27,8 +27,9 @@ def _add_run_arguments(
     parser.add_argument(
         "--env",
         default="CartPole-v1",
-        help="environment id: a JAX environment of omdx.envs.make (CartPole-v1), or any "
-        "gymnasium id with discrete actions, stepped in Python (see --host)",
+        help="environment id: a JAX environment of omdx.envs.make (CartPole-v1, Pendulum-v1), "
+        "or any gymnasium id, stepped in Python (see --host); continuous actions need "
+        "--action-bins",
     )
     parser.add_argument(
         "--host",
@@ -48,6 +49,13 @@ def _add_run_arguments(
     )
     parser.add_argument(
         "--distractors", type=int, default=0, help="N(0, 1) dimensions appended to observations"
+    )
+    parser.add_argument(
+        "--action-bins",
+        type=int,
+        default=None,
+        help="for an environment with continuous actions (Pendulum-v1): that many discrete "
+        "actions per action dimension, the bin centres (omdx.envs.discretize_actions)",
     )
     parser.add_argument(
         "--adjoint",
@@ -245,33 +253,34 @@ def _jax_env_ids() -> tuple[str, ...]:
 
 
 def _make_env(args) -> tuple[object, bool]:
-    """The environment of `--env` (with `--distractors`), and whether it runs in the host
-    loop: with `--host`, or for a gymnasium id that `omdx.envs.make` does not know."""
+    """The environment of `--env` (with `--distractors` and `--action-bins`), and whether
+    it runs in the host loop: with `--host`, or for a gymnasium id that `omdx.envs.make`
+    does not know."""
     import gymnasium
 
     from .envs import HostEnv, make
 
     host = args.host or args.env not in _jax_env_ids()
-    if not host:
-        env = make(args.env, distractors=args.distractors)
-        if env.num_actions is None:
-            raise ValueError(
-                f"`--env {args.env}` has continuous actions; the OMD/MLE/VEP agents need "
-                "discrete ones."
-            )
-        return env, False
     try:
-        env = HostEnv(args.env, distractors=args.distractors)
+        if host:
+            env = HostEnv(args.env, distractors=args.distractors, action_bins=args.action_bins)
+        else:
+            env = make(args.env, distractors=args.distractors, action_bins=args.action_bins)
     except gymnasium.error.Error as error:
         raise ValueError(
             f"Unknown `--env` {args.env!r}: neither a JAX environment of omdx "
             f"({', '.join(_jax_env_ids())}) nor a registered gymnasium id ({error})."
         ) from None
+    except ValueError as error:
+        if args.action_bins is None:
+            raise
+        raise ValueError(f"`--action-bins {args.action_bins}`: {error}") from None
     if env.num_actions is None:
         raise ValueError(
-            f"`--env {args.env}` has continuous actions; the OMD/MLE/VEP agents need discrete ones."
+            f"`--env {args.env}` has continuous actions; the OMD/MLE/VEP agents need discrete "
+            "ones: pass `--action-bins N` (N actions per action dimension)."
         )
-    return env, True
+    return env, host
 
 
 def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bool]:
@@ -317,6 +326,7 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
             "env": args.env,
             "host": host,
             "distractors": args.distractors,
+            "action_bins": args.action_bins,
             "seeds": args.seeds,
             "x64": args.x64,
             "agent": dataclasses.asdict(agent_config),
@@ -455,7 +465,9 @@ def _print_table(args, title: str, rows: list[dict]) -> str:
 
     text = (
         f"{title}\n\n{args.env}, model_hidden={args.model_hidden}, "
-        f"distractors={args.distractors}, {args.steps} steps, {args.seeds} seeds, "
+        f"distractors={args.distractors}, "
+        + (f"action_bins={args.action_bins}, " if args.action_bins is not None else "")
+        + f"{args.steps} steps, {args.seeds} seeds, "
         f"adjoint={args.adjoint}. Mean ± 95% interval over seeds.\n\n"
         + markdown_table(rows, precision=2)
         + "\n"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from omdx._report import run_summary
-from omdx.cli import main
+from omdx.cli import _make_env, build_parser, main
 
 
 def test_run_summary_by_hand():
@@ -165,9 +165,26 @@ def test_bad_environments_fail_before_any_file(tmp_path):
     with pytest.raises(ValueError, match="Unknown `--env` 'NoSuchEnv-v0'"):
         main(["train", "--env", "NoSuchEnv-v0", "--out", bad])
     for host in [["--host"], []]:  # stepped in Python, or omdx's JAX environment
-        with pytest.raises(ValueError, match="continuous actions"):
+        with pytest.raises(ValueError, match="continuous actions.*`--action-bins N`"):
             main(["train", "--env", "Pendulum-v1", *host, "--out", bad])
+        with pytest.raises(ValueError, match="`--action-bins 3`: .*already has 2 discrete"):
+            main(["train", "--env", "CartPole-v1", "--action-bins", "3", *host, "--out", bad])
+        with pytest.raises(ValueError, match="`--action-bins 1`: `bins` must be"):
+            main(["train", "--env", "Pendulum-v1", "--action-bins", "1", *host, "--out", bad])
     assert not (tmp_path / "bad").exists()
+
+
+def test_action_bins_discretise_a_continuous_env():
+    args = build_parser().parse_args(
+        ["train", "--env", "Pendulum-v1", "--action-bins", "5", "--distractors", "1"]
+    )
+    env, host = _make_env(args)
+    assert not host and (env.num_actions, env.observation_size) == (5, 4)
+    np.testing.assert_allclose(env.env.actions[:, 0], [-1.6, -0.8, 0.0, 0.8, 1.6])
+    args.host = True
+    env, host = _make_env(args)
+    assert host and (env.num_actions, env.observation_size) == (5, 4)
+    assert env.env.action(0) == pytest.approx([-1.6])
 
 
 def test_tabular_command_writes_its_files(tmp_path, capsys):

@@ -10,6 +10,8 @@ from gymnasium.experimental.functional import FuncEnv
 import omdx
 from omdx.envs import (
     AbstractEnv,
+    DiscreteActions,
+    discretize_actions,
     distractors,
     EnvStep,
     FuncEnvAdapter,
@@ -238,6 +240,96 @@ def test_pendulum_matches_gymnasium(getkey):
         np.testing.assert_allclose(out.reward, host_reward, rtol=1e-5, atol=1e-5)
 
 
+class _TwoTorques(gymnasium.Env):
+    """A gymnasium env with a 2-D action box, for the order of discretised actions."""
+
+    observation_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+    action_space = spaces.Box(np.float32([-1.0, 0.0]), np.float32([1.0, 3.0]))
+
+
+@pytest.mark.parametrize("bins", [5, 4, (2, 3)])
+def test_discretized_actions_are_gymnasiums(bins):
+    """`discretize_actions` gives the continuous actions of gymnasium's `DiscretizeAction`,
+    in its order, and `HostEnv(action_bins=)` is that wrapper."""
+    if isinstance(bins, tuple):
+        box = _TwoTorques().action_space
+        table = omdx.envs._discrete.action_bin_centres(box.low, box.high, bins)
+        reference = gymnasium.wrappers.DiscretizeAction(_TwoTorques(), bins)
+    else:
+        env = make("Pendulum-v1", action_bins=bins)
+        assert isinstance(env, DiscreteActions) and env.num_actions == bins
+        assert (env.action_size, env.action_low, env.action_high) == (1, None, None)
+        table = np.asarray(env.actions)
+        reference = gymnasium.wrappers.DiscretizeAction(gymnasium.make("Pendulum-v1"), bins)
+        host = HostEnv("Pendulum-v1", action_bins=bins)
+        assert host.num_actions == bins and host.max_episode_steps == 200
+        assert isinstance(host.env, gymnasium.wrappers.DiscretizeAction)
+    expected = np.stack([reference.action(i) for i in range(reference.action_space.n)])
+    assert table.shape == (reference.action_space.n, expected.shape[1])
+    # gymnasium computes the centres in float32; omdx in float64, exact for these bounds.
+    np.testing.assert_allclose(table, expected, rtol=0, atol=1e-6)
+    if bins == 5:
+        np.testing.assert_array_equal(table[:, 0], [-1.6, -0.8, 0.0, 0.8, 1.6])
+
+
+def test_discrete_actions_step_the_wrapped_env_with_their_table(getkey):
+    pendulum = make("Pendulum-v1")
+    env = DiscreteActions(pendulum, [-2.0, 0.5, 2.0])
+    assert env.actions.shape == (3, 1) and env.num_actions == 3
+    state, obs = env.reset(key := getkey())
+    np.testing.assert_array_equal(obs, pendulum.reset(key)[1])
+    for index in [0, 2, 1, 1, 0]:
+        key = getkey()
+        state_wrapped, out = env.step(state, jnp.asarray(index), key)
+        state_direct, direct = pendulum.step(state, env.actions[index], key)
+        assert eqx.tree_equal(out, direct) and eqx.tree_equal(state_wrapped, state_direct)
+        state = state_wrapped
+    # Wrappers compose: distractors on top keep the table, the noise is appended.
+    noisy = distractors(env, 2)
+    assert (noisy.num_actions, noisy.observation_size) == (3, 5)
+    # Through gymnasium's own wrapper, the same index gives the same dynamics.
+    env = make("Pendulum-v1", action_bins=5)
+    host = gymnasium.wrappers.DiscretizeAction(gymnasium.make("Pendulum-v1"), 5)
+    host.reset(seed=0)
+    state, _ = _reset(env, getkey())
+    host.unwrapped.state = np.asarray(state.state, dtype=np.float64)
+    for index in np.random.default_rng(0).integers(0, 5, size=40):
+        state, out = _step(env, state, jnp.asarray(index), getkey())
+        host_obs, host_reward, *_ = host.step(int(index))
+        np.testing.assert_allclose(out.next_observation, host_obs, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out.reward, host_reward, rtol=1e-5, atol=1e-5)
+
+
+def test_discretizing_bad_input_is_named():
+    pendulum = make("Pendulum-v1")
+    with pytest.raises(ValueError, match="already has 2 discrete actions"):
+        discretize_actions(make("CartPole-v1"), 3)
+    with pytest.raises(ValueError, match="already has 2 discrete actions"):
+        make("CartPole-v1", action_bins=3)
+    with pytest.raises(ValueError, match="already has 3 discrete ones"):
+        HostEnv("Acrobot-v1", action_bins=3)
+    for bins in [1, 0, 2.5, (3, 3), True]:
+        with pytest.raises(ValueError, match="`bins` must be a positive int"):
+            discretize_actions(pendulum, bins)
+    with pytest.raises(ValueError, match="`bins` must be a positive int"):
+        HostEnv("Pendulum-v1", action_bins=(2, 2))
+    with pytest.raises(TypeError, match="HostEnv"):
+        discretize_actions(HostEnv("Pendulum-v1"), 3)
+    with pytest.raises(ValueError, match=r"shape \[num_actions >= 2, 1\]"):
+        DiscreteActions(pendulum, [[0.0, 1.0]])
+    with pytest.raises(ValueError, match=r"shape \[num_actions >= 2, 1\]"):
+        DiscreteActions(pendulum, [1.0])
+    with pytest.raises(ValueError, match=r"`actions\[1\]` = \[2.5\] is not a finite action"):
+        DiscreteActions(pendulum, [0.0, 2.5])
+    with pytest.raises(ValueError, match=r"`actions\[0\]` = \[nan\]"):
+        DiscreteActions(pendulum, [np.nan, 0.0])
+    unbounded = FuncEnvAdapter(_UnboundedPush(), max_episode_steps=10)
+    with pytest.raises(ValueError, match="finite action bounds"):
+        discretize_actions(unbounded, 3)
+    # An unbounded box still takes a table of finite actions.
+    assert DiscreteActions(unbounded, [-1.0, 1.0]).num_actions == 2
+
+
 class _RandomWalk(FuncEnv):
     """A user-written FuncEnv: noisy 1-D walk, terminal outside [-1, 1]; no params."""
 
@@ -258,6 +350,15 @@ class _RandomWalk(FuncEnv):
 
     def terminal(self, state, rng, params=None):
         return jnp.abs(state) > 1.0
+
+
+class _UnboundedPush(_RandomWalk):
+    """Continuous, unbounded actions."""
+
+    action_space = spaces.Box(-np.inf, np.inf, shape=(1,), dtype=np.float32)
+
+    def transition(self, state, action, rng, params=None):
+        return state + 0.1 * action[0]
 
 
 def test_user_func_env(getkey):

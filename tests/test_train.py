@@ -400,6 +400,26 @@ def test_host_loop_trains_on_a_gymnasium_env():
         omdx.train_host("CartPole-v1", TINY_AGENT, run, sweep={"q_hidden": [8]}, progress=False)
 
 
+def test_agents_train_on_a_continuous_env_through_discretised_actions():
+    """Pendulum-v1 with 3 torques: the compiled run trains, explores every action, and its
+    agent acts both in the JAX environment and through gymnasium's own wrapper."""
+    env = omdx.envs.make("Pendulum-v1", action_bins=3)
+    result = omdx.train(env, TINY_AGENT, TINY_RUN, seeds=2, progress=False)
+    assert result.eval_returns.shape == (2, 2)
+    assert np.all(np.isfinite(result.metrics["model_loss"][:, 1]))
+    worst = -(np.pi**2 + 0.1 * 8**2 + 0.001 * 2**2) * 200  # Pendulum's lowest return
+    assert np.all((result.eval_returns >= worst) & (result.eval_returns <= 0))
+    buffer = result.final_state.buffer
+    actions = np.asarray(buffer.storage.action)[:, : int(buffer.size[0])]
+    assert set(np.unique(actions)) == {0, 1, 2}
+    agent = jax.tree.map(lambda x: x[0] if eqx.is_array(x) else x, result.final_state.agent)
+    assert jax.eval_shape(agent.q, jnp.zeros(3)).shape == (2, 3)
+    compiled = omdx.evaluate(env, agent, jr.PRNGKey(0), 2)
+    host = omdx.evaluate_host(omdx.envs.HostEnv("Pendulum-v1", action_bins=3), agent, 2)
+    for returns in [compiled, host]:
+        assert worst <= float(returns) <= 0
+
+
 def test_host_loop_sweep_names_the_diverged_point_and_keeps_the_other():
     # SGD at 10^6 blows the Q-network up (as in `test_a_diverging_run_loses_no_other_run`);
     # at 10^-2 it trains. The diverged point is named; the other is the run it is alone.

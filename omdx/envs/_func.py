@@ -20,6 +20,7 @@ from ._base import (
     EnvStep,
     select,
 )
+from ._discrete import discretize_actions
 from ._distractors import distractors as add_distractors
 
 
@@ -247,7 +248,13 @@ _KNOWN_ENVS = {
 }
 
 
-def make(env_id: str, *, distractors: int = 0, max_episode_steps: int | None = None) -> AbstractEnv:
+def make(
+    env_id: str,
+    *,
+    distractors: int = 0,
+    max_episode_steps: int | None = None,
+    action_bins: int | tuple[int, ...] | None = None,
+) -> AbstractEnv:
     r"""A pure JAX environment by gymnasium id, built on gymnasium's functional environments.
 
     Known ids:
@@ -259,7 +266,7 @@ def make(env_id: str, *, distractors: int = 0, max_episode_steps: int | None = N
         the same actions a trajectory leaves `CartPole-v1`'s (float64 state) after about
         150 steps, as any two float precisions of this chaotic system do.
     - `"Pendulum-v1"`: a continuous 1-D action in $[-2, 2]$, 3 observations, episodes
-        truncated at 200 steps.
+        truncated at 200 steps. The agents need discrete actions: pass `action_bins`.
 
     For any other `FuncEnv`, use [`omdx.envs.FuncEnvAdapter`][]; for a gymnasium
     environment that is not written in JAX (e.g. MuJoCo), [`omdx.envs.HostEnv`][].
@@ -270,6 +277,9 @@ def make(env_id: str, *, distractors: int = 0, max_episode_steps: int | None = N
     - `distractors`: the number of $\mathcal{N}(0, 1)$ noise dimensions appended to every
         observation (see [`omdx.envs.distractors`][]).
     - `max_episode_steps`: overrides the id's time limit.
+    - `action_bins`: for an id with continuous actions, that many discrete actions per
+        action dimension (see [`omdx.envs.discretize_actions`][]); `None` keeps the
+        actions as they are.
 
     **Returns:**
 
@@ -290,4 +300,6 @@ def make(env_id: str, *, distractors: int = 0, max_episode_steps: int | None = N
         max_episode_steps=limit if max_episode_steps is None else max_episode_steps,
         params=params,
     )
+    if action_bins is not None:
+        env = discretize_actions(env, action_bins)
     return add_distractors(env, distractors)

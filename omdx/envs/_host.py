@@ -8,6 +8,8 @@ import jax
 import numpy as np
 from gymnasium import spaces
 
+from ._discrete import action_bin_centres
+
 
 class HostStep(NamedTuple):
     """What [`omdx.envs.HostEnv.step`][] returns: the fields of [`omdx.envs.EnvStep`][],
@@ -54,6 +56,9 @@ class HostEnv:
         space a `Discrete` or a `Box`.
     - `distractors`: the number of $\mathcal{N}(0, 1)$ dimensions appended to every
         observation, as [`omdx.envs.distractors`][] does. Seeded by `reset(seed)`.
+    - `action_bins`: for continuous (`Box`) actions, that many discrete actions per action
+        dimension, by gymnasium's `DiscretizeAction` wrapper: the bin centres of
+        [`omdx.envs.discretize_actions`][], in the same order. `None` keeps the actions.
     - `max_episode_steps`: the time limit. For an id, passed to `gymnasium.make` (default:
         the id's registered limit). For an instance, wraps it in gymnasium's `TimeLimit`
         when given (at most the limit of a `TimeLimit` already in it), else read from
@@ -71,6 +76,7 @@ class HostEnv:
         distractors: int = 0,
         max_episode_steps: int | None = None,
         dtype: Any = None,
+        action_bins: int | tuple[int, ...] | None = None,
         **make_kwargs: Any,
     ):
         if not isinstance(distractors, int) or isinstance(distractors, bool) or distractors < 0:
@@ -117,6 +123,15 @@ class HostEnv:
                 "The action space must be a `gymnasium.spaces.Discrete` or `Box`, got "
                 f"{type(env.action_space).__name__}."
             )
+        if action_bins is not None:
+            if not isinstance(env.action_space, spaces.Box):
+                raise ValueError(
+                    f"`action_bins` is for continuous actions; this environment already has "
+                    f"{env.action_space.n} discrete ones."
+                )
+            # Checked by omdx's own rule (bounds, counts), then gymnasium's wrapper acts.
+            action_bin_centres(env.action_space.low, env.action_space.high, action_bins)
+            env = gymnasium.wrappers.DiscretizeAction(env, action_bins)
         self.env = env
         self.distractors = distractors
         self.max_episode_steps = int(max_episode_steps)
