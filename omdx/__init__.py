@@ -21,6 +21,7 @@ from ._diagnostics import (
 )
 from ._errors import TrainingDiverged as TrainingDiverged
 from ._inner import solve_inner as solve_inner
+from ._saved import load_agents as load_agents, SavedAgents as SavedAgents
 from ._small_lu import small_solve as small_solve, SmallLU as SmallLU
 from ._solvers import GradientSteps as GradientSteps, GradientStepsState as GradientStepsState
 from ._train import (

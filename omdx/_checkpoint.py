@@ -177,19 +177,49 @@ def save_checkpoint(
     and the `layout` of the work that wrote it. The file is written beside it, flushed to
     disk and then renamed over it, so that an interruption leaves the previous checkpoint
     whole."""
-    leaves = jax.tree.leaves(eqx.filter(runs, _is_state_array))
-    arrays = {f"state_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+    arrays = state_arrays(runs)
     arrays["eval_steps"] = np.asarray(eval_steps)
     arrays["eval_returns"] = np.asarray(eval_returns)
     arrays.update({f"metric_{name}": np.asarray(values) for name, values in metrics.items()})
     arrays["settings"] = np.array(json.dumps(settings))
     arrays["layout"] = np.array(json.dumps(layout))
+    write_npz(path, arrays)
+
+
+def write_npz(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
+    """`np.savez` to a file beside `path`, flushed to disk and then renamed over it, so that
+    an interruption leaves any previous file whole."""
     partial = path.with_name(path.name + ".partial")
     with partial.open("wb") as f:
         np.savez(f, **arrays)
         f.flush()
         os.fsync(f.fileno())
     os.replace(partial, path)
+
+
+def state_arrays(tree) -> dict[str, np.ndarray]:
+    """The arrays of `tree` as `{"state_<i>": array}`, in leaf order (see `state_of`)."""
+    leaves = jax.tree.leaves(eqx.filter(tree, _is_state_array))
+    return {f"state_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+
+
+def state_of(data, skeleton, name: str):
+    """The tree of `skeleton`'s structure (arrays or `jax.ShapeDtypeStruct`s) with the
+    arrays `state_arrays` wrote into `data` (an open `.npz`), checking each one's shape and
+    dtype; `name` names the file in the error."""
+    arrays, static = eqx.partition(skeleton, _is_state_array)
+    expected, treedef = jax.tree.flatten(arrays)
+    leaves = []
+    for i, shape in enumerate(expected):
+        value = data[f"state_{i}"]
+        if value.shape != shape.shape or value.dtype != shape.dtype:
+            raise ValueError(
+                f"{name} holds a state array of {value.dtype.name}"
+                f"{list(value.shape)} where this run has {jnp.dtype(shape.dtype).name}"
+                f"{list(shape.shape)}: it was written by another version of omdx."
+            )
+        leaves.append(jnp.asarray(value))
+    return eqx.combine(jax.tree.unflatten(treedef, leaves), static)
 
 
 def load_checkpoint(path: pathlib.Path, skeleton, layout: dict[str, Any]):
@@ -207,19 +237,7 @@ def load_checkpoint(path: pathlib.Path, skeleton, layout: dict[str, Any]):
                 + "): they compute what they would have to rounding, not bit for bit.",
                 stacklevel=3,
             )
-        arrays, static = eqx.partition(skeleton, _is_state_array)
-        expected, treedef = jax.tree.flatten(arrays)
-        leaves = []
-        for i, shape in enumerate(expected):
-            value = data[f"state_{i}"]
-            if value.shape != shape.shape or value.dtype != shape.dtype:
-                raise ValueError(
-                    f"`checkpoint` {str(path)!r} holds a state array of {value.dtype.name}"
-                    f"{list(value.shape)} where this run has {jnp.dtype(shape.dtype).name}"
-                    f"{list(shape.shape)}: it was written by another version of omdx."
-                )
-            leaves.append(jnp.asarray(value))
-        runs = eqx.combine(jax.tree.unflatten(treedef, leaves), static)
+        runs = state_of(data, skeleton, f"`checkpoint` {str(path)!r}")
         metrics = {
             name.removeprefix("metric_"): data[name]
             for name in data.files

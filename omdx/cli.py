@@ -287,9 +287,12 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
     """Train one agent on the CLI's settings, streaming metrics to `out/metrics.csv`, then
     write `out/summary.json` and `out/curves.png`. Returns `_table_rows`' rows and curves,
     and whether a run diverged (then the others are reported without it)."""
+    import equinox as eqx
     import jax
+    import numpy as np
 
     from ._report import CsvAppender, plot_curves, run_summary, write_json
+    from ._saved import save_agents
     from ._train import (
         _RunPlan,
         _runs_of,
@@ -315,8 +318,8 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
             "(--host) cannot be saved mid-episode."
         )
     checkpoint, resumed_from = None, 0
+    plan = _RunPlan.of(args.seeds, sweep, agent_config, train_config)
     if args.checkpoint:  # checked before any file is written
-        plan = _RunPlan.of(args.seeds, sweep, agent_config, train_config)
         out.mkdir(parents=True, exist_ok=True)
         checkpoint, _, resumed_from = _verified_checkpoint(out / "checkpoint.npz", env, plan)
     out.mkdir(parents=True, exist_ok=True)
@@ -373,6 +376,23 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
         result, diverged = error.result, error.diverged
     seconds = time.perf_counter() - start
     points = result if sweep else [result]
+    save_agents(
+        out / "agents.npz",
+        {
+            "id": args.env,
+            "distractors": args.distractors,
+            "action_bins": args.action_bins,
+            "host": host,
+        },
+        env,
+        agent_config,
+        plan.run_seeds,
+        plan.run_values,
+        jax.tree.map(
+            lambda *runs: np.concatenate(runs) if eqx.is_array(runs[0]) else runs[0],
+            *(p.final_state.agent for p in points),
+        ),
+    )
     if diverged is None:
         masks = [None] * len(points)
     else:

@@ -4,11 +4,14 @@ import csv
 import json
 import types
 
+import equinox as eqx
 import jax
 import numpy as np
 import pytest
 
+import omdx
 from omdx._report import run_summary
+from omdx._saved import save_agents
 from omdx.cli import _make_env, build_parser, main
 
 
@@ -74,12 +77,35 @@ def test_demo_command_compares_omd_and_mle(tmp_path, capsys):
     assert (out / "curves.png").stat().st_size > 0
 
 
-def test_train_command_sweeps_in_one_run(tmp_path, capsys):
+def _host_arrays(tree) -> list[np.ndarray]:
+    return [np.asarray(x) for x in jax.tree.leaves(eqx.filter(tree, eqx.is_array))]
+
+
+def test_train_command_sweeps_in_one_run(tmp_path, capsys, monkeypatch):
     out = tmp_path / "sweep"
     argv = ["train", "--agent", "mle", "--seeds", "2", "--q-hidden", "16", "--model-hidden", "8"]
     argv += ["--sweep", "model-lr=1e-3,3e-3", "--sweep", "epsilon=0.1,0.3"]
     argv += TINY.split() + ["--no-progress", "--out", str(out)]
+    results = []
+    train = omdx._train.train
+    monkeypatch.setattr(
+        omdx._train, "train", lambda *a, **k: results.append(train(*a, **k)) or results[-1]
+    )
     assert main(argv) == 0
+    # The final agents of every run are saved, in the order of `seeds` and the sweep.
+    saved = omdx.load_agents(out)
+    np.testing.assert_array_equal(saved.seeds, [0, 1, 0, 1])
+    np.testing.assert_array_equal(saved.hyperparameters["model_lr"], [1e-3, 1e-3, 3e-3, 3e-3])
+    np.testing.assert_array_equal(saved.hyperparameters["epsilon"], [0.1, 0.1, 0.3, 0.3])
+    assert (saved.env_id, saved.host, saved.agent_config.q_hidden) == ("CartPole-v1", False, 16)
+    (points,) = results
+    for run, (point, seed) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        trained = jax.tree.map(
+            lambda x: x[seed] if eqx.is_array(x) else x, points[point].final_state.agent
+        )
+        for got, expected in zip(_host_arrays(saved.agent(run)), _host_arrays(trained)):
+            np.testing.assert_array_equal(got, expected)
+    assert omdx.evaluate(saved.make_env(), saved.agent(3), jax.random.PRNGKey(0), 2) >= 1
     printed = capsys.readouterr().out
     assert printed.startswith("# omdx train: mle")
     assert "| agent | model_lr | epsilon | final return | AUC |" in printed
@@ -140,6 +166,9 @@ def test_a_gymnasium_id_trains_in_the_host_loop(tmp_path, capsys):
     assert main(argv + [*TINY.split(), "--no-progress", "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["env"] == "Acrobot-v1" and config["host"] is True
+    saved = omdx.load_agents(out / "agents.npz")
+    assert saved.host and isinstance(saved.make_env(), omdx.envs.HostEnv)
+    np.testing.assert_array_equal(saved.agents.updates, [200] * 4)
     with (out / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     for epsilon in (0.1, 0.3):
@@ -185,6 +214,38 @@ def test_action_bins_discretise_a_continuous_env():
     env, host = _make_env(args)
     assert host and (env.num_actions, env.observation_size) == (5, 4)
     assert env.env.action(0) == pytest.approx([-1.6])
+
+
+def test_loading_agents_names_what_is_wrong(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        omdx.load_agents(tmp_path / "nothing.npz")
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    with pytest.raises(ValueError, match="not an agents file of omdx"):
+        omdx.load_agents(tmp_path / "one.npy")
+    np.savez(tmp_path / "other.npz", settings=np.array(json.dumps({"env": "CartPole-v1"})))
+    with pytest.raises(ValueError, match="not an agents file of omdx"):
+        omdx.load_agents(tmp_path / "other.npz")
+    env = omdx.envs.make("CartPole-v1")
+    config = omdx.AgentConfig(q_hidden=8, model_hidden=4, vep_hidden=4)
+    agents = jax.tree.map(
+        lambda x: x[None] if eqx.is_array(x) else x,
+        omdx.init_agent(jax.random.PRNGKey(0), env, config),
+    )
+    settings = {"id": "CartPole-v1", "distractors": 0, "action_bins": None, "host": False}
+    path = tmp_path / "agents.npz"
+    save_agents(path, settings, env, config, np.array([7]), {}, agents)
+    assert int(omdx.load_agents(tmp_path).seeds[0]) == 7
+    with np.load(path) as data:
+        arrays = dict(data)
+    stored = json.loads(str(arrays["settings"]))
+    np.savez(
+        path, **arrays | {"settings": np.array(json.dumps(stored | {"float dtype": "float32"}))}
+    )
+    with pytest.raises(ValueError, match="turn `jax_enable_x64` off first"):
+        omdx.load_agents(path)
+    np.savez(path, **arrays | {"state_0": np.zeros(5)})
+    with pytest.raises(ValueError, match="holds a state array of float64\\[5\\]"):
+        omdx.load_agents(path)
 
 
 def test_tabular_command_writes_its_files(tmp_path, capsys):
@@ -325,6 +386,9 @@ def test_train_command_continues_from_its_checkpoint(tmp_path):
     argv = [a if a != str(out) else str(whole) for a in base if a != "--checkpoint"]
     assert main(argv + ["--steps", "800"]) == 0
     assert sorted((whole / "metrics.csv").read_text().splitlines()) == sorted(lines)
+    continued, uninterrupted = omdx.load_agents(out), omdx.load_agents(whole / "agents.npz")
+    for got, expected in zip(_host_arrays(continued.agents), _host_arrays(uninterrupted.agents)):
+        np.testing.assert_array_equal(got, expected)
     with pytest.raises(ValueError, match="other settings"):
         main(base + ["--steps", "800", "--q-lr", "1e-3"])
     with pytest.raises(ValueError, match="`--checkpoint` needs a JAX environment"):
