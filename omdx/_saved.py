@@ -27,7 +27,8 @@ class SavedAgents(eqx.Module):
 
     - `agents`: every run's final [`omdx.agents.AgentState`][], batched over runs (the
         seeds of each sweep point in turn, as `seeds` and `hyperparameters` list them).
-    - `agent_config`: the run's [`omdx.AgentConfig`][omdx.agents.AgentConfig] (without a sweep's values).
+    - `agent_config`: the run's [`omdx.AgentConfig`][omdx.agents.AgentConfig] (without
+        a sweep's values).
     - `seeds`: each run's seed, `[runs]`.
     - `hyperparameters`: each swept name's value per run, `{name: [runs]}` (`{}` without a
         sweep).
@@ -86,6 +87,16 @@ def save_agents(
     arrays = state_arrays(agents)
     arrays["settings"] = np.array(json.dumps(settings))
     write_npz(path, arrays)
+
+
+def stored_float_dtype(path: pathlib.Path) -> str | None:
+    """The floating dtype of the agents at `path` (`None` if it cannot be read: then
+    `load_agents` names the problem)."""
+    try:
+        with np.load(path) as data:
+            return json.loads(str(data["settings"]))["float dtype"]
+    except Exception:
+        return None
 
 
 def load_agents(path: str | os.PathLike) -> SavedAgents:

@@ -530,6 +530,92 @@ def _cmd_demo(args) -> int:
     return _compare(args, ["omd", "mle"], "# omdx demo: OMD vs MLE with a misspecified model")
 
 
+def _agents_files(runs: Sequence[str]) -> list[pathlib.Path]:
+    """The `agents.npz` files of `runs`: each a file, a run's folder, or a folder of runs
+    (`omdx compare`'s and `omdx demo`'s `--out`), checked before any work."""
+    files = []
+    for run in runs:
+        path = pathlib.Path(run)
+        if path.is_dir() and not (path / "agents.npz").exists():
+            found = sorted(path.glob("*/agents.npz"))
+            if not found:
+                raise ValueError(
+                    f"`{run}` holds no agents.npz, nor any folder that does: pass the --out "
+                    "of an `omdx train`, `compare` or `demo` run."
+                )
+            files += found
+        elif path.is_dir():
+            files.append(path / "agents.npz")
+        elif path.exists():
+            files.append(path)
+        else:
+            raise ValueError(f"`{run}` does not exist.")
+    return files
+
+
+def _cmd_evaluate(args) -> int:
+    import jax
+    import numpy as np
+
+    from ._report import markdown_table, mean_and_interval, write_csv
+    from ._saved import load_agents, stored_float_dtype
+    from ._train import evaluate
+    from ._train_host import _evaluate, _spawn
+
+    if not isinstance(args.episodes, int) or args.episodes < 1:
+        raise ValueError(f"`--episodes` must be a positive int, got {args.episodes}.")
+    if args.seed < 0:
+        raise ValueError(f"`--seed` must be a non-negative int, got {args.seed}.")
+    files = _agents_files(args.runs)
+    if any(stored_float_dtype(path) == "float64" for path in files):
+        jax.config.update("jax_enable_x64", True)  # a fresh process: nothing computed yet
+    table = []
+    for path in files:
+        saved = load_agents(path)
+        env = saved.make_env()
+        runs = range(len(saved.seeds))
+        if saved.host:  # every run side by side, episode i reset with seed + i
+            envs = [[_spawn(env) for _ in range(args.episodes)] for _ in runs]
+            reset_seeds = np.tile(args.seed + np.arange(args.episodes), (len(runs), 1))
+            returns = _evaluate(envs, saved.agents, reset_seeds, env.max_episode_steps)
+        else:  # the same key for every run: the same initial states
+            key = jax.random.PRNGKey(args.seed)
+            returns = [float(evaluate(env, saved.agent(i), key, args.episodes)) for i in runs]
+        rows = [
+            {
+                "seed": int(seed),
+                **{name: float(values[i]) for name, values in saved.hyperparameters.items()},
+                "episodes": args.episodes,
+                "mean_return": float(returns[i]),
+            }
+            for i, seed in enumerate(saved.seeds)
+        ]
+        write_csv(path.parent / "evaluation.csv", rows)
+        points = {}
+        for i, row in enumerate(rows):
+            values = tuple((name, row[name]) for name in saved.hyperparameters)
+            points.setdefault(values, []).append(row["mean_return"])
+        for values, point_returns in points.items():
+            mean, half_width = mean_and_interval(point_returns)
+            table.append(
+                {
+                    "run": str(path.parent),
+                    "agent": saved.agent_config.agent,
+                    **{name: f"{value:g}" for name, value in values},
+                    "seeds": len(point_returns),
+                    "mean return": _pm(mean, half_width),
+                }
+            )
+    print(
+        f"# omdx evaluate: {args.episodes} greedy episodes per seed (seed {args.seed}). "
+        "Mean ± 95% interval over seeds.\n"
+    )
+    columns = list(dict.fromkeys(name for row in table for name in row))
+    print(markdown_table(table, columns))
+    print("\nWrote " + ", ".join(str(path.parent / "evaluation.csv") for path in files))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="omdx", description="Control-oriented model-based RL with implicit differentiation."
@@ -560,6 +646,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_arguments(compare, steps=200_000, seeds=10, model_hidden=32, out="runs/compare")
     compare.set_defaults(run=_cmd_compare)
+
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        help="evaluate the agents a run saved, over more episodes",
+        **with_defaults,
+    )
+    evaluate.add_argument(
+        "runs",
+        nargs="+",
+        help="the --out of an omdx train, compare or demo run (or its agents.npz files)",
+    )
+    evaluate.add_argument("--episodes", type=int, default=100, help="greedy episodes per seed")
+    evaluate.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the episodes' initial states, the same for every agent",
+    )
+    evaluate.set_defaults(run=_cmd_evaluate)
 
     from .tabular._cli import add_tabular_parser
 

@@ -105,7 +105,6 @@ def test_train_command_sweeps_in_one_run(tmp_path, capsys, monkeypatch):
         )
         for got, expected in zip(_host_arrays(saved.agent(run)), _host_arrays(trained)):
             np.testing.assert_array_equal(got, expected)
-    assert omdx.evaluate(saved.make_env(), saved.agent(3), jax.random.PRNGKey(0), 2) >= 1
     printed = capsys.readouterr().out
     assert printed.startswith("# omdx train: mle")
     assert "| agent | model_lr | epsilon | final return | AUC |" in printed
@@ -133,6 +132,22 @@ def test_train_command_sweeps_in_one_run(tmp_path, capsys, monkeypatch):
         final = f"{point['final_return_mean']:.1f} ± {point['final_return_ci95']:.1f}"
         assert f"| mle | {values['model_lr']:g} | {values['epsilon']:g} | {final} |" in printed
     assert json.loads((out / "config.json").read_text())["sweep"]["epsilon"] == [0.1, 0.3]
+    # `omdx evaluate` evaluates each saved run, the in-memory agent's returns in its row.
+    assert main(["evaluate", str(out), "--episodes", "3", "--seed", "4"]) == 0
+    with (out / "evaluation.csv").open() as f:
+        evaluation = list(csv.DictReader(f))
+    assert [(int(r["seed"]), float(r["model_lr"])) for r in evaluation] == [
+        (0, 1e-3),
+        (1, 1e-3),
+        (0, 3e-3),
+        (1, 3e-3),
+    ]
+    last = jax.tree.map(lambda x: x[1] if eqx.is_array(x) else x, points[1].final_state.agent)
+    expected = omdx.evaluate(saved.make_env(), last, jax.random.PRNGKey(4), 3)
+    assert float(evaluation[3]["mean_return"]) == pytest.approx(float(expected), rel=1e-6)
+    assert all(1 <= float(r["mean_return"]) <= 500 for r in evaluation)
+    printed = capsys.readouterr().out
+    assert "| run | agent | model_lr | epsilon | seeds | mean return |" in printed
     with pytest.raises(ValueError, match="`--sweep` expects NAME=V1,V2"):
         main(["train", "--sweep", "model_lr=fast", "--out", str(tmp_path / "bad")])
     with pytest.raises(ValueError, match="cannot vary 'q_hidden'"):
@@ -169,6 +184,18 @@ def test_a_gymnasium_id_trains_in_the_host_loop(tmp_path, capsys):
     saved = omdx.load_agents(out / "agents.npz")
     assert saved.host and isinstance(saved.make_env(), omdx.envs.HostEnv)
     np.testing.assert_array_equal(saved.agents.updates, [200] * 4)
+    # `omdx evaluate` finds the run in its parent folder too; it steps every run's
+    # episodes side by side, as `omdx.evaluate_host` steps one run's.
+    assert main(["evaluate", str(tmp_path), "--episodes", "2"]) == 0
+    with (out / "evaluation.csv").open() as f:
+        evaluation = [float(r["mean_return"]) for r in csv.DictReader(f)]
+    alone = [omdx.evaluate_host(saved.make_env(), saved.agent(i), 2) for i in range(4)]
+    np.testing.assert_allclose(evaluation, alone, rtol=1e-6)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no agents.npz"):
+        main(["evaluate", str(tmp_path / "empty")])
+    with pytest.raises(ValueError, match="does not exist"):
+        main(["evaluate", str(tmp_path / "nothing")])
     with (out / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     for epsilon in (0.1, 0.3):
