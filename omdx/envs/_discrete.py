@@ -14,8 +14,9 @@ class DiscreteActions(AbstractEnv):
     the discrete action `i` is the continuous action `actions[i]`.
 
     Everything else (observations, rewards, episodes, the keys the wrapped environment
-    receives) is the wrapped environment's. Out-of-range indices are clamped to the table,
-    as JAX's indexing does. Create a grid of bin centres with
+    receives) is the wrapped environment's. Actions are indices in `[0, num_actions)`, as
+    the agents pick them; as in gymnasium's wrapper, others are not checked (JAX's
+    indexing clamps them, or wraps a negative one). Create a grid of bin centres with
     [`omdx.envs.discretize_actions`][], or pass a table of your own:
 
     ```python
