@@ -1,12 +1,13 @@
-"""Checkpoints of [`omdx.train`][]: every run's whole state and its history so far, in one
-`.npz` file, so that a run continues where it stopped, computing exactly what an
-uninterrupted run computes."""
+"""Checkpoints of [`omdx.train`][] and [`omdx.train_host`][]: every run's whole state and
+its history so far, in one `.npz` file, so that a run continues where it stopped,
+computing exactly what an uninterrupted run computes."""
 
 import dataclasses
 import hashlib
 import json
 import os
 import pathlib
+import pickle
 import warnings
 from typing import Any
 
@@ -15,8 +16,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .envs._host import HostEnv
+
 
 _FORMAT = 1
+# Which function wrote a checkpoint, so that the other one refuses it by name: their
+# states differ (a JAX environment's state in the runs, or pickled gymnasium environments
+# and the pending actions beside them). Files written before host checkpoints existed have
+# no marker: `train` wrote them.
+_COMPILED, _HOST = "omdx.train", "omdx.train_host"
+_LOOPS = {_COMPILED: "a JAX environment", _HOST: "a gymnasium environment stepped in Python"}
 
 
 def _is_state_array(x) -> bool:
@@ -34,9 +43,10 @@ def _as_json(value):
     return repr(value)
 
 
-def _describe_env(env) -> str:
-    """The environment's wrappers and sizes, e.g. `Distractors(FuncEnvAdapter(
-    CartPoleFunctional)), observation_size=6, num_actions=2, max_episode_steps=500`."""
+def _layers(env) -> str:
+    """The environment's wrappers, outermost first, e.g. `Distractors(FuncEnvAdapter(
+    CartPoleFunctional))` or `HostEnv(TimeLimit(OrderEnforcing(PassiveEnvChecker(
+    CartPoleEnv))))`."""
     names, layer = [], env
     while layer is not None:
         inner = getattr(layer, "func_env", None)
@@ -44,12 +54,57 @@ def _describe_env(env) -> str:
         if inner is not None:
             names.append(type(inner).__name__)
         layer = getattr(layer, "env", None)
+    return "(".join(names) + ")" * (len(names) - 1)
+
+
+def _describe_env(env) -> str:
+    """The environment's wrappers and sizes, e.g. `Distractors(FuncEnvAdapter(
+    CartPoleFunctional)), observation_size=6, num_actions=2, max_episode_steps=500`."""
     return (
-        "(".join(names)
-        + ")" * (len(names) - 1)
-        + f", observation_size={env.observation_size}, num_actions={env.num_actions}, "
-        f"max_episode_steps={env.max_episode_steps}"
+        f"{_layers(env)}, observation_size={env.observation_size}, "
+        f"num_actions={env.num_actions}, max_episode_steps={env.max_episode_steps}"
     )
+
+
+def _describe_host_env(env: HostEnv) -> dict[str, Any]:
+    """A `HostEnv`'s settings, one entry each so that a difference is named: its wrappers,
+    gymnasium id, `HostEnv` settings and sizes. Not its attributes, which hold the state
+    of the episode and of its random number generators."""
+    spec = env.env.spec
+    return {
+        "layers": _layers(env),
+        "id": None if spec is None else spec.id,
+        "distractors": env.distractors,
+        "max_episode_steps": env.max_episode_steps,
+        "dtype": env.dtype.name,
+        "observation_size": env.observation_size,
+        "num_actions": env.num_actions,
+    }
+
+
+def _host_env_digest(env: HostEnv) -> str:
+    """A digest of a `HostEnv`'s gymnasium settings: its spec (the keyword arguments of
+    `gymnasium.make` and of the wrappers it records) and its observation bounds. A change
+    made to the instance after `gymnasium.make` (an attribute set by hand) is not seen."""
+    space = env.env.observation_space
+    return _env_digest({"spec": env.env.spec, "observation bounds": [space.low, space.high]})
+
+
+def pickled_envs(envs: HostEnv | list[HostEnv]) -> bytes:
+    """`envs` (one or a list), pickled: a host-loop checkpoint holds the training
+    environments' state so. A `ValueError` names the environment if it cannot be."""
+    try:
+        return pickle.dumps(envs)
+    except Exception as error:
+        env = envs if isinstance(envs, HostEnv) else envs[0]
+        spec = env.env.spec
+        name = spec.id if spec is not None else type(env.env.unwrapped).__name__
+        raise ValueError(
+            f"`checkpoint`: the environment {name} ({_layers(env)}) cannot be pickled "
+            f"({type(error).__name__}: {error}), so its state cannot be saved and a "
+            "checkpoint is impossible for it. Train without `checkpoint`, or make the "
+            "environment picklable (e.g. with `__getstate__` and `__setstate__`)."
+        ) from None
 
 
 def _env_digest(env) -> str:
@@ -93,9 +148,10 @@ def _digest_into(digest, value, depth: int) -> None:
 
 def checkpoint_settings(env, agent_config, train_config, seeds, points) -> dict[str, Any]:
     """What a run continued from a checkpoint must share with the run that wrote it, as
-    JSON: everything but the number of steps (which may grow) and how the work is split
-    (chunks, seed groups, devices: `load_checkpoint` warns of those). The replay buffer's capacity
-    is in it, since it sets the buffer's shape."""
+    JSON: the function that wrote it (`train_host` for a `HostEnv`) and everything but the
+    number of steps (which may grow) and how the work is split (chunks, seed groups,
+    devices: `load_checkpoint` warns of those). The replay buffer's capacity is in it,
+    since it sets the buffer's shape."""
     train_settings = {
         "random_steps": train_config.random_steps,
         "eval_every": train_config.eval_every,
@@ -104,10 +160,12 @@ def checkpoint_settings(env, agent_config, train_config, seeds, points) -> dict[
         "buffer capacity": train_config.capacity,
         "epsilon": _as_json(train_config.epsilon),
     }
+    host = isinstance(env, HostEnv)
     return {
         "format": _FORMAT,
-        "env": _describe_env(env),
-        "env parameters (digest)": _env_digest(env),
+        "written by": _HOST if host else _COMPILED,
+        "env": _describe_host_env(env) if host else _describe_env(env),
+        "env parameters (digest)": _host_env_digest(env) if host else _env_digest(env),
         "float dtype": jnp.dtype(jnp.result_type(float)).name,
         "agent_config": {
             field.name: _as_json(getattr(agent_config, field.name))
@@ -149,6 +207,13 @@ def verify_checkpoint(path: pathlib.Path, settings: dict[str, Any], steps: int) 
         raise ValueError(
             f"`checkpoint` {str(path)!r} exists but is not an omdx checkpoint ({error})."
         ) from None
+    written_by, now = stored.setdefault("written by", _COMPILED), settings["written by"]
+    if written_by != now:
+        raise ValueError(
+            f"`checkpoint` {str(path)!r} was written by `{written_by}` "
+            f"({_LOOPS.get(written_by, 'another loop')}), not `{now}` ({_LOOPS[now]}): "
+            f"continue it with `{written_by}`, or train into a new file."
+        )
     differences = _differences(stored, settings)
     if differences:
         raise ValueError(
@@ -172,12 +237,15 @@ def save_checkpoint(
     eval_steps: np.ndarray,
     eval_returns: np.ndarray,
     metrics: dict[str, np.ndarray],
+    extra: dict[str, np.ndarray] | None = None,
 ) -> None:
     """Write `runs` (every run's state) and the history to `path`, with the `settings`
-    and the `layout` of the work that wrote it. The file is written beside it, flushed to
+    and the `layout` of the work that wrote it, and any `extra` arrays (state kept outside
+    `runs`; `load_checkpoint` returns them). The file is written beside it, flushed to
     disk and then renamed over it, so that an interruption leaves the previous checkpoint
     whole."""
     arrays = state_arrays(runs)
+    arrays.update({f"extra_{name}": np.asarray(value) for name, value in (extra or {}).items()})
     arrays["eval_steps"] = np.asarray(eval_steps)
     arrays["eval_returns"] = np.asarray(eval_returns)
     arrays.update({f"metric_{name}": np.asarray(values) for name, values in metrics.items()})
@@ -225,8 +293,9 @@ def state_of(data, skeleton, name: str):
 def load_checkpoint(path: pathlib.Path, skeleton, layout: dict[str, Any]):
     """Read a checkpoint that `verify_checkpoint` accepted; `skeleton` is the runs'
     structure (from `eqx.filter_eval_shape`). Returns `(runs, eval_steps, eval_returns,
-    metrics)`. Warns when the work is laid out otherwise than `layout` (seed groups,
-    devices): the runs then continue to rounding, not bit for bit."""
+    metrics, extra)`, `extra` the dict `save_checkpoint` was given (`{}` without). Warns
+    when the work is laid out otherwise than `layout` (seed groups, devices): the runs
+    then continue to rounding, not bit for bit."""
     with np.load(path) as data:
         stored_layout = json.loads(str(data["layout"]))
         changed = _differences(stored_layout, layout)
@@ -238,9 +307,10 @@ def load_checkpoint(path: pathlib.Path, skeleton, layout: dict[str, Any]):
                 stacklevel=3,
             )
         runs = state_of(data, skeleton, f"`checkpoint` {str(path)!r}")
-        metrics = {
-            name.removeprefix("metric_"): data[name]
-            for name in data.files
-            if name.startswith("metric_")
-        }
-        return runs, data["eval_steps"], data["eval_returns"], metrics
+        metrics, extra = _prefixed(data, "metric_"), _prefixed(data, "extra_")
+        return runs, data["eval_steps"], data["eval_returns"], metrics, extra
+
+
+def _prefixed(data, prefix: str) -> dict[str, np.ndarray]:
+    """The arrays of `data` (an open `.npz`) whose names start with `prefix`, without it."""
+    return {name.removeprefix(prefix): data[name] for name in data.files if name.startswith(prefix)}

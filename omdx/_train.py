@@ -25,6 +25,7 @@ from ._buffer import buffer_add, buffer_init, buffer_sample, ReplayBuffer
 from ._checkpoint import (
     checkpoint_settings,
     load_checkpoint,
+    pickled_envs,
     save_checkpoint,
     verify_checkpoint,
 )
@@ -38,7 +39,7 @@ from .agents._config import (
 )
 from .agents._state import AgentState, init_agent
 from .agents._steps import agent_step
-from .envs import AbstractEnv, make
+from .envs import AbstractEnv, HostEnv, make
 
 
 def filter_scan(f, init, xs):
@@ -419,19 +420,28 @@ def _layout(runs: int, devices, train_config: TrainConfig) -> dict[str, Any]:
     group = _seed_group(train_config)
     local_seeds = runs // shards
     return {
-        "backend": f"{jax.default_backend()} ({available[0].device_kind})",
+        "backend": _backend(available[0]),
         "devices": shards,
         "seed group": None if group is None or group >= local_seeds else group,
     }
 
 
+def _backend(device: jax.Device) -> str:
+    """The backend and kind of `device`, where the runs compute: part of a layout."""
+    return f"{jax.default_backend()} ({device.device_kind})"
+
+
 def _verified_checkpoint(
-    checkpoint, env: AbstractEnv, plan: "_RunPlan"
+    checkpoint, env: AbstractEnv | HostEnv, plan: "_RunPlan"
 ) -> tuple[pathlib.Path, dict[str, Any], int]:
-    """`(path, settings, steps held)` of `train`'s `checkpoint`, checked (before any work)
-    against the run `plan` describes on `env`; see `_checkpoint.verify_checkpoint`."""
+    """`(path, settings, steps held)` of `train`'s or `train_host`'s `checkpoint` (by the
+    type of `env`), checked (before any work) against the run `plan` describes on `env`;
+    see `_checkpoint.verify_checkpoint`. A `HostEnv` must pickle, as its checkpoints
+    hold it."""
     if not isinstance(checkpoint, str | os.PathLike):
         raise TypeError(f"`checkpoint` must be a path, got {type(checkpoint).__name__}.")
+    if isinstance(env, HostEnv):  # before any work, rather than at the first chunk's end
+        pickled_envs(env)
     path = pathlib.Path(checkpoint)
     agent_config, train_config = plan.agent_config, plan.train_config
     settings = checkpoint_settings(env, agent_config, train_config, plan.seeds, plan.points)
@@ -771,7 +781,8 @@ def train(
         finished run further (with the same replay capacity: pass `buffer_size` if
         `steps` set it). Every other setting, the environment (its parameters too), the
         seeds and the sweep must be those the file was written with, or a `ValueError`
-        names the differences before any work.
+        names the differences before any work (a checkpoint of [`omdx.train_host`][] is
+        refused too).
 
     **Returns:**
 
@@ -800,17 +811,15 @@ def train(
 
     eval_steps, returns, metric_log = [], [], {}
     start = 0
-
-    def diverged(steps, returns, metrics) -> bool:
-        checked = _updated_metrics(metrics, _updated_windows(steps, train_config.learning_starts))
-        return _divergence(returns, checked, run_seeds, steps)[0] is not None
-
+    diverged = ft.partial(_diverged, run_seeds=run_seeds, train_config=train_config)
     stopped = False
     if checkpoint is not None:
         checkpoint, settings, start = _verified_checkpoint(checkpoint, env, plan)
     if start:
         skeleton = eqx.filter_eval_shape(fresh_runs)
-        runs, past_steps, past_returns, past_metrics = load_checkpoint(checkpoint, skeleton, layout)
+        runs, past_steps, past_returns, past_metrics, _ = load_checkpoint(
+            checkpoint, skeleton, layout
+        )
         eval_steps.append(past_steps)
         returns.append(past_returns)
         metric_log = {name: [values] for name, values in past_metrics.items()}
@@ -883,6 +892,14 @@ def _updated_windows(eval_steps, learning_starts: int) -> np.ndarray:
     """Which evaluation windows, ending at `eval_steps`, made an update: those whose last
     step did (updates start at step `learning_starts`, counting from 0)."""
     return np.asarray(eval_steps) - 1 >= learning_starts
+
+
+def _diverged(steps, returns, metrics, *, run_seeds, train_config: TrainConfig) -> bool:
+    """Whether a run produced a non-finite return or loss in these evaluations (at
+    `steps`), which stops every run with `stop_on_divergence`: in a chunk, or in a
+    checkpoint's history (the run that wrote it stopped there)."""
+    checked = _updated_metrics(metrics, _updated_windows(steps, train_config.learning_starts))
+    return _divergence(returns, checked, run_seeds, steps)[0] is not None
 
 
 def _updated_metrics(metrics: dict[str, np.ndarray], updated) -> dict[str, np.ndarray]:

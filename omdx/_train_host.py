@@ -9,6 +9,8 @@ evaluation runs every run's episodes side by side, one jitted call per step for 
 
 import copy
 import functools as ft
+import os
+import pickle
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,14 +23,18 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from ._buffer import buffer_add, buffer_init, buffer_sample, ReplayBuffer
+from ._checkpoint import load_checkpoint, pickled_envs, save_checkpoint
 from ._errors import errors_off
 from ._train import (
+    _backend,
     _check_evaluation,
     _check_inputs,
-    _divergence,
+    _diverged,
     _RunPlan,
     _swept_config,
     _updated_metrics,
+    _updated_windows,
+    _verified_checkpoint,
     RunState,
     select_action,
     TrainConfig,
@@ -262,6 +268,7 @@ def train_host(
     progress: bool = True,
     on_chunk: Callable[[dict[str, Any]], None] | None = None,
     stop_on_divergence: bool = True,
+    checkpoint: str | os.PathLike | None = None,
 ) -> TrainResult | list[TrainResult]:
     """Train an agent on any `gymnasium.Env`, stepped in Python; acting and updates jitted.
 
@@ -286,6 +293,24 @@ def train_host(
     - `on_chunk`: called after every `evals_per_chunk` evaluations with the dict that
         [`omdx.train`][] passes after a chunk, for streaming to disk.
     - `stop_on_divergence`: as for [`omdx.train`][].
+    - `checkpoint`: a file (conventionally `.npz`) to keep every run's whole state and
+        history in, as for [`omdx.train`][]: rewritten after each chunk, before
+        `on_chunk`; when it exists, training continues from it (`on_chunk` first receives
+        the history so far as one chunk) and computes exactly what an uninterrupted run
+        computes. Besides the agents, replay buffers and keys, it holds each run's
+        training environment mid-episode, pickled (the gymnasium environment with its
+        random number generator, and the distractors' generator), and the action picked
+        for the next step; a continued run steps those environments, not `env`. An
+        environment that cannot be pickled is refused with a `ValueError` before any
+        work. (The evaluation episodes start from their seeds, so their environments are
+        not kept.) A run that stopped on a divergence stays stopped; a larger `steps`
+        trains a finished run further (pass `buffer_size` if `steps` set it). The
+        settings, seeds and sweep must be those the file was written with, and so must
+        the environment: its wrappers, gymnasium id and the keyword arguments of
+        `gymnasium.make`, `distractors`, `max_episode_steps`, `dtype` and sizes (an
+        attribute changed by hand after `gymnasium.make` is not seen); a `ValueError`
+        names any difference before any work. A checkpoint of [`omdx.train`][] is
+        refused. Loading unpickles the environments: load only checkpoints you trust.
 
     **Returns:**
 
@@ -304,17 +329,21 @@ def train_host(
     plan = _RunPlan.of(seeds, sweep, agent_config, train_config)
     run_seeds = plan.run_seeds
     n_runs = len(run_seeds)
-    # Every copy is made before any work, so that one that cannot be made fails first.
-    envs = [env] + [_spawn(env) for _ in range(n_runs - 1)]
+    start = 0
+    if checkpoint is not None:
+        checkpoint, settings, start = _verified_checkpoint(checkpoint, env, plan)
+    # Every copy is made before any work, so that one that cannot be made fails first. A
+    # continued run steps the training environments of its checkpoint instead.
+    envs = None if start else [env] + [_spawn(env) for _ in range(n_runs - 1)]
     eval_envs = [[_spawn(env) for _ in range(tc.eval_episodes)] for _ in range(n_runs)]
 
-    observations = np.stack([e.reset(seed=int(s)) for e, s in zip(envs, run_seeds)])
-    dtype = observations.dtype
+    # The buffer takes the shapes and dtypes of this example, not its values.
+    observation = jnp.asarray(np.zeros(env.observation_size, env.dtype))
     example = Transition(
-        jnp.asarray(observations[0]),
+        observation,
         jnp.array(0, jnp.int32),
-        jnp.zeros((), dtype),
-        jnp.asarray(observations[0]),
+        jnp.zeros((), env.dtype),
+        observation,
         jnp.array(False),
     )
     # In the agent's dtype (JAX's default), not the observations': with a float32
@@ -325,10 +354,38 @@ def train_host(
     hyperparameters = plan.hyperparameters(jnp.result_type(float))
     compiled_config = plan.compiled_configs()[0]
     spec = EnvSpec(env.observation_size, env.num_actions)
-    with errors_off():
-        runs = _init_runs(
-            jnp.asarray(run_seeds), hyperparameters, spec, example, compiled_config, tc.capacity
+    init_runs = ft.partial(
+        _init_runs,
+        jnp.asarray(run_seeds),
+        hyperparameters,
+        spec,
+        example,
+        compiled_config,
+        tc.capacity,
+    )
+    diverged = ft.partial(_diverged, run_seeds=run_seeds, train_config=tc)
+    # The history, one entry per evaluation.
+    eval_steps, returns, metric_log = [], [], {}
+    stopped = False
+    if start:
+        with errors_off():  # traced as a fresh run traces it
+            skeleton = eqx.filter_eval_shape(init_runs)
+        runs, past_steps, past_returns, past_metrics, saved = load_checkpoint(
+            checkpoint, skeleton, _host_layout()
         )
+        envs = _unpickled_envs(saved["envs"], checkpoint)
+        observations, actions = saved["observations"], saved["actions"]
+        eval_steps = past_steps.tolist()
+        returns = list(past_returns.T)
+        metric_log = {name: list(values.T) for name, values in past_metrics.items()}
+        if on_chunk is not None:
+            on_chunk(plan.streamed(past_steps, past_returns, past_metrics))
+        # The run that wrote it stopped there, as an uninterrupted one does.
+        stopped = stop_on_divergence and diverged(past_steps, past_returns, past_metrics)
+    else:
+        observations = np.stack([e.reset(seed=int(s)) for e, s in zip(envs, run_seeds)])
+        with errors_off():
+            runs = init_runs()
     leaves, layout = _flatten(runs)
     del runs  # its arrays are donated to the first step
 
@@ -357,20 +414,26 @@ def train_host(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=tc.steps, unit="step", desc=f"{agent_config.agent} (host) x{n_runs}")
-    evals_done, window, window_updates = 0, empty_window(), 0
-    eval_steps, returns, metric_log, updated, chunk_start = [], [], {}, [], 0
-    with errors_off():
-        leaves, window, actions = tick(
-            leaves,
-            window,
-            None,
-            observations,
-            np.bool_(tc.random_steps > 0),
-            add=False,
-            learn=False,
+        bar = tqdm(
+            total=tc.steps,
+            initial=start,
+            unit="step",
+            desc=f"{agent_config.agent} (host) x{n_runs}",
         )
-        for t in range(tc.steps):
+    window, window_updates = empty_window(), 0  # a chunk ends with an empty window
+    evals_done = chunk_start = len(eval_steps)
+    with errors_off():
+        if not start:  # a checkpoint holds the action picked for its next step
+            leaves, window, actions = tick(
+                leaves,
+                window,
+                None,
+                observations,
+                np.bool_(tc.random_steps > 0),
+                add=False,
+                learn=False,
+            )
+        for t in range(start, start if stopped else tc.steps):
             actions = np.asarray(actions)
             steps = [e.step(int(a)) for e, a in zip(envs, actions)]
             transitions = Transition(
@@ -404,7 +467,6 @@ def train_host(
                 elif name != "inner_result":
                     values = values / window_updates
                 metric_log.setdefault(name, []).append(values)
-            updated.append(window_updates > 0)
             window, window_updates = empty_window(), 0
             episodes = evals_done * tc.eval_episodes + 1 + np.arange(tc.eval_episodes)
             reset_seeds = run_seeds[:, None].astype(np.int64) * 1_000_003 + episodes
@@ -414,19 +476,32 @@ def train_host(
             evals_done += 1
             if bar is not None:
                 bar.set_postfix(eval_return=f"{float(np.mean(returns[-1])):.1f}")
-            if evals_done % tc.evals_per_chunk and t + 1 < tc.steps:
+            if evals_done - chunk_start < tc.evals_per_chunk and t + 1 < tc.steps:
                 continue
             chunk = slice(chunk_start, evals_done)
             chunk_start = evals_done
+            chunk_steps = np.asarray(eval_steps[chunk])
             chunk_returns = np.stack(returns[chunk], axis=1)
             chunk_metrics = {k: np.stack(v[chunk], axis=1) for k, v in metric_log.items()}
+            if checkpoint is not None:  # first: nothing `on_chunk` does can lose the chunk
+                save_checkpoint(
+                    checkpoint,
+                    settings,
+                    _host_layout(),
+                    _unflatten(layout, leaves),
+                    np.asarray(eval_steps),
+                    np.stack(returns, axis=1),
+                    {k: np.stack(v, axis=1) for k, v in metric_log.items()},
+                    extra={
+                        "observations": observations,
+                        "actions": np.asarray(actions),
+                        "envs": np.frombuffer(pickled_envs(envs), np.uint8),
+                    },
+                )
             if on_chunk is not None:
-                on_chunk(plan.streamed(np.asarray(eval_steps[chunk]), chunk_returns, chunk_metrics))
-            if stop_on_divergence:
-                checked = _updated_metrics(chunk_metrics, updated[chunk])
-                chunk_steps = np.asarray(eval_steps[chunk])
-                if _divergence(chunk_returns, checked, run_seeds, chunk_steps)[0]:
-                    break
+                on_chunk(plan.streamed(chunk_steps, chunk_returns, chunk_metrics))
+            if stop_on_divergence and diverged(chunk_steps, chunk_returns, chunk_metrics):
+                break
     if bar is not None:
         bar.close()
     runs = _unflatten(layout, leaves)
@@ -439,4 +514,23 @@ def train_host(
             runs.agent, None, jnp.asarray(observations), runs.buffer, runs.key, runs.hyperparameters
         ),
     )
+    updated = _updated_windows(result.eval_steps, tc.learning_starts)
     return plan.finish(result, _updated_metrics(result.metrics, updated))
+
+
+def _host_layout() -> dict[str, Any]:
+    """How the host loop's work is laid out, for a checkpoint: every run vmapped together
+    on the default device, whose backend sets the rounding."""
+    return {"backend": _backend(jax.devices()[0])}
+
+
+def _unpickled_envs(blob: np.ndarray, path) -> list[HostEnv]:
+    """The training environments a checkpoint at `path` pickled into `blob`."""
+    try:
+        return pickle.loads(blob.tobytes())
+    except Exception as error:
+        raise ValueError(
+            f"`checkpoint` {str(path)!r} holds environments that cannot be unpickled here "
+            f"({type(error).__name__}: {error}): continue it where their classes can be "
+            "imported."
+        ) from None

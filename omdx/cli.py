@@ -157,7 +157,8 @@ def _add_run_arguments(
         action="store_true",
         help="keep every seed's state in OUT/checkpoint.npz (per agent), rewritten after each "
         "chunk; the same command again continues an interrupted run, and with a larger "
-        "--steps trains a finished one further (JAX environments)",
+        "--steps trains a finished one further (in the host loop, the environments are "
+        "pickled)",
     )
     parser.add_argument(
         "--blowup-loss",
@@ -312,14 +313,9 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
     sweep = _parse_sweep(args.sweep)
     _sweep_points(sweep, agent_config, train_config)  # a bad sweep fails before any file
     env, host = _make_env(args)
-    if args.checkpoint and host:
-        raise ValueError(
-            "`--checkpoint` needs a JAX environment: a gymnasium environment stepped in Python "
-            "(--host) cannot be saved mid-episode."
-        )
     checkpoint, resumed_from = None, 0
     plan = _RunPlan.of(args.seeds, sweep, agent_config, train_config)
-    if args.checkpoint:  # checked before any file is written
+    if args.checkpoint:  # checked (a host-loop environment's pickling too) before any file
         out.mkdir(parents=True, exist_ok=True)
         checkpoint, _, resumed_from = _verified_checkpoint(out / "checkpoint.npz", env, plan)
     out.mkdir(parents=True, exist_ok=True)
@@ -356,7 +352,6 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
 
     start = time.perf_counter()
     try:
-        kwargs = {} if host else {"checkpoint": checkpoint}
         trainer = train_host if host else train
         result = trainer(
             env,
@@ -367,7 +362,7 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
             progress=not args.no_progress,
             on_chunk=on_chunk,
             stop_on_divergence=not args.keep_going,
-            **kwargs,
+            checkpoint=checkpoint,
         )
         diverged = None
     except TrainingDiverged as error:

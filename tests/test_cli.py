@@ -308,9 +308,15 @@ def test_tabular_command_writes_its_files(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
-def test_a_diverged_seed_is_reported_apart(tmp_path, capsys, monkeypatch):
-    import jax.numpy as jnp
+def _fake_final_state(env, agent_config, seeds: int):
+    """What a `TrainResult`'s `final_state` holds that the command reads: the runs' keys
+    (their devices) and agents (saved to agents.npz), here freshly initialised."""
+    keys = jax.random.split(jax.random.PRNGKey(0), seeds)
+    agents = eqx.filter_vmap(lambda key: omdx.init_agent(key, env, agent_config))(keys)
+    return types.SimpleNamespace(key=keys, agent=agents)
 
+
+def test_a_diverged_seed_is_reported_apart(tmp_path, capsys, monkeypatch):
     import omdx._train
 
     # `train` as it ends when seed 1 diverges in the last chunk (no training: the CLI's
@@ -332,7 +338,7 @@ def test_a_diverged_seed_is_reported_apart(tmp_path, capsys, monkeypatch):
                 "hyperparameters": {},
             }
         )
-        state = types.SimpleNamespace(key=jnp.zeros((3, 2), jnp.uint32))
+        state = _fake_final_state(env, agent_config, seeds)
         result = omdx.TrainResult(seed_list, steps, returns, metrics, state)
         raise omdx.TrainingDiverged("seed 1 diverged", result, np.array([False, True, False]))
 
@@ -352,11 +358,11 @@ def test_a_diverged_seed_is_reported_apart(tmp_path, capsys, monkeypatch):
     assert "30.0 ± 127.1 (seed 1 diverged by step 400)" in printed.out
     with (out / "metrics.csv").open() as f:  # the stream has every seed, as it came
         assert sorted({int(r["seed"]) for r in csv.DictReader(f)}) == [0, 1, 2]
+    # Every seed's agent is saved, the diverged one's too (to see what went wrong).
+    np.testing.assert_array_equal(omdx.load_agents(out).seeds, [0, 1, 2])
 
 
 def test_a_blown_up_seed_is_named_and_kept(tmp_path, capsys, monkeypatch):
-    import jax.numpy as jnp
-
     import omdx._train
 
     # `train` as it ends when seed 2's Q-function has grown without bound but stayed finite
@@ -365,7 +371,7 @@ def test_a_blown_up_seed_is_named_and_kept(tmp_path, capsys, monkeypatch):
         steps, returns = np.array([200, 400]), np.array([[10.0, 20.0], [15.0, 40.0], [30.0, 9.0]])
         q_real_loss = np.array([[1.0, 10.0], [3.0, 2e6], [1e4, 5e11]])
         metrics = {"q_real_loss": q_real_loss, "model_error": np.ones((3, 2))}
-        state = types.SimpleNamespace(key=jnp.zeros((3, 2), jnp.uint32))
+        state = _fake_final_state(env, agent_config, seeds)
         return omdx.TrainResult(np.arange(seeds), steps, returns, metrics, state)
 
     monkeypatch.setattr(omdx._train, "train", blown_up_train)
@@ -418,5 +424,21 @@ def test_train_command_continues_from_its_checkpoint(tmp_path):
         np.testing.assert_array_equal(got, expected)
     with pytest.raises(ValueError, match="other settings"):
         main(base + ["--steps", "800", "--q-lr", "1e-3"])
-    with pytest.raises(ValueError, match="`--checkpoint` needs a JAX environment"):
-        main(base + ["--steps", "400", "--host"])
+    # The host loop does not continue the compiled run's checkpoint, but keeps its own
+    # (that it continues bit for bit is tested in tests/test_train.py).
+    with pytest.raises(ValueError, match=r"written by `omdx.train` \(a JAX environment\)"):
+        main(base + ["--steps", "800", "--host"])
+    host = tmp_path / "host"
+    host_base = [a if a != str(out) else str(host) for a in base]
+    host_base += ["--host", "--random-steps", "100", "--eval-every", "100"]
+    assert main(host_base + ["--steps", "200"]) == 0
+    first = set((host / "metrics.csv").read_text().splitlines())
+    assert main(host_base + ["--steps", "300"]) == 0
+    assert json.loads((host / "summary.json").read_text())["resumed_from_step"] == 200
+    with (host / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert _seeds_and_steps(rows) == [(seed, step) for seed in (0, 1) for step in (100, 200, 300)]
+    assert first <= set((host / "metrics.csv").read_text().splitlines())
+    saved = omdx.load_agents(host)
+    assert saved.host
+    np.testing.assert_array_equal(saved.agents.updates, [200, 200])

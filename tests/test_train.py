@@ -3,6 +3,8 @@
 import dataclasses
 import functools as ft
 import logging
+import pickle
+import threading
 import warnings
 
 import equinox as eqx
@@ -676,6 +678,10 @@ def test_a_checkpoint_of_other_settings_is_refused(cartpole, tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="is not an omdx checkpoint"):
         omdx.train(cartpole, TINY_AGENT, TINY_RUN, progress=False, checkpoint=junk)
+    # The host loop does not continue it (nor `train` a checkpoint of `train_host`).
+    written_by = r"was written by `omdx.train` \(a JAX environment\), not `omdx.train_host`"
+    with pytest.raises(ValueError, match=written_by):
+        omdx.train_host("CartPole-v1", TINY_AGENT, TINY_RUN, seeds=2, checkpoint=path)
     # The same settings, written differently, continue it: np.float64(3e-4) is 3e-4.
     same = dataclasses.replace(TINY_AGENT, q_lr=np.float64(3e-4))
     with warnings.catch_warnings():
@@ -719,3 +725,170 @@ def test_a_checkpoint_that_stopped_on_a_divergence_stays_stopped(cartpole, tmp_p
         with pytest.raises(omdx.TrainingDiverged) as error:
             omdx.train(cartpole, blowing_up, run, seeds=2, progress=False, checkpoint=path)
         assert error.value.result.eval_steps.tolist() == [200, 400]
+
+
+# 6 evaluations of 75 steps, in chunks of 3: the chunks end at steps 225 and 450 (and 150
+# for a run of 150 steps), in the middle of CartPole's ~20-step episodes.
+HOST_RUN = TrainConfig(
+    steps=450,
+    random_steps=100,
+    eval_every=75,
+    eval_episodes=2,
+    batch_size=32,
+    buffer_size=450,
+    evals_per_chunk=3,
+)
+
+
+def _distracted_cartpole(**kwargs):
+    # The distractors draw from their own generator, which a checkpoint must keep too.
+    return omdx.envs.HostEnv("CartPole-v1", distractors=2, **kwargs)
+
+
+def test_a_host_run_continues_from_its_checkpoint_as_if_never_stopped(tmp_path):
+    whole = omdx.train_host(_distracted_cartpole(), TINY_AGENT, HOST_RUN, seeds=2, progress=False)
+    path = tmp_path / "run.npz"
+
+    def continued(run=HOST_RUN, checkpoint=path, interrupt_at=None):
+        """The run from the checkpoint (if any), and the evaluation steps of each chunk
+        streamed; interrupted when a chunk ends at `interrupt_at`."""
+        streamed = []
+
+        def on_chunk(chunk):
+            streamed.append(chunk["eval_steps"].tolist())
+            if streamed[-1][-1] == interrupt_at:
+                raise KeyboardInterrupt
+
+        result = omdx.train_host(
+            _distracted_cartpole(),
+            TINY_AGENT,
+            run,
+            seeds=2,
+            progress=False,
+            checkpoint=checkpoint,
+            on_chunk=on_chunk,
+        )
+        return result, streamed
+
+    def assert_same_run(result):
+        np.testing.assert_array_equal(result.eval_steps, whole.eval_steps)
+        np.testing.assert_array_equal(result.eval_returns, whole.eval_returns)
+        for name, values in whole.metrics.items():
+            np.testing.assert_array_equal(result.metrics[name], values, err_msg=name)
+        leaves = [jax.tree.leaves(eqx.filter(r.final_state, eqx.is_array)) for r in (result, whole)]
+        assert len(leaves[0]) == len(leaves[1])
+        for got, expected in zip(*leaves):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+    def assert_mid_episode(checkpoint):
+        """The checkpoint caught both environments mid-episode: their state is needed."""
+        with np.load(checkpoint) as data:
+            envs = pickle.loads(data["extra_envs"].tobytes())
+        assert [e.env._elapsed_steps > 0 for e in envs] == [True, True]
+
+    with pytest.raises(KeyboardInterrupt):  # the first chunk is saved before `on_chunk`
+        continued(interrupt_at=225)
+    assert_mid_episode(path)
+    resumed, chunks = continued()
+    assert chunks == [[75, 150, 225], [300, 375, 450]]
+    assert_same_run(resumed)
+    # A finished checkpoint is the finished run: nothing left to train.
+    finished, chunks = continued()
+    assert chunks == [[75, 150, 225, 300, 375, 450]]
+    assert_same_run(finished)
+    with pytest.raises(ValueError, match=r"holds 450 steps, more than `steps` \(300\)"):
+        continued(run=dataclasses.replace(HOST_RUN, steps=300))
+    # A shorter run, continued to more steps, is the longer run too.
+    shorter = tmp_path / "shorter.npz"
+    continued(run=dataclasses.replace(HOST_RUN, steps=150), checkpoint=shorter)
+    assert_mid_episode(shorter)
+    longer, chunks = continued(checkpoint=shorter)
+    assert chunks == [[75, 150], [225, 300, 375], [450]]
+    assert_same_run(longer)
+
+
+class _Locked(CartPoleEnv):
+    """A CartPole holding a lock, which cannot be pickled; it counts its resets."""
+
+    def __init__(self):
+        super().__init__()
+        self.lock = threading.Lock()
+        self.resets = 0
+
+    def reset(self, **kwargs):
+        self.resets += 1
+        return super().reset(**kwargs)
+
+
+def test_a_host_checkpoint_of_other_settings_is_refused(cartpole, tmp_path):
+    path = tmp_path / "run.npz"
+    run = TrainConfig(steps=100, random_steps=50, eval_every=50, eval_episodes=1, batch_size=32)
+    kwargs = dict(seeds=2, progress=False, checkpoint=path)
+    omdx.train_host(_distracted_cartpole(), TINY_AGENT, run, **kwargs)
+
+    def resume(env, agent=TINY_AGENT, seeds=2):
+        omdx.train_host(env, agent, run, seeds=seeds, progress=False, checkpoint=path)
+
+    with pytest.raises(ValueError, match=r"\(env.distractors: 2 in the checkpoint, 1 now; env.obs"):
+        resume(omdx.envs.HostEnv("CartPole-v1", distractors=1))
+    limit = r"\(env.max_episode_steps: 500 in the checkpoint, 100 now; env parameters"
+    with pytest.raises(ValueError, match=limit):
+        resume(_distracted_cartpole(max_episode_steps=100))
+    # Another reward, same sizes: a keyword argument of `gymnasium.make`.
+    with pytest.raises(ValueError, match=r"\(env parameters \(digest\): \w+ in the checkpoint"):
+        resume(_distracted_cartpole(sutton_barto_reward=True))
+    with pytest.raises(ValueError, match=r"env.id: CartPole-v1 in the checkpoint, Acrobot-v1 now"):
+        resume(omdx.envs.HostEnv("Acrobot-v1", distractors=2))
+    with pytest.raises(ValueError, match=r"env.dtype: float64 in the checkpoint, float32 now"):
+        resume(_distracted_cartpole(dtype=np.float32))
+    with pytest.raises(ValueError, match=r"agent_config.q_lr: 0.0003 in the checkpoint, 0.001 now"):
+        resume(_distracted_cartpole(), agent=dataclasses.replace(TINY_AGENT, q_lr=1e-3))
+    with pytest.raises(ValueError, match=r"seeds: \[0, 1\] in the checkpoint, \[0, 5\] now"):
+        resume(_distracted_cartpole(), seeds=[0, 5])
+    # The environment's settings count, not its state: one stepped before continues it.
+    stepped = _distracted_cartpole()
+    stepped.reset(seed=9)
+    stepped.step(0)
+    assert omdx.train_host(stepped, TINY_AGENT, run, **kwargs).eval_steps.tolist() == [50, 100]
+    # `train` does not continue it (nor `train_host` a checkpoint of `train`: see
+    # `test_a_checkpoint_of_other_settings_is_refused`).
+    written_by = r"was written by `omdx.train_host` \(a gymnasium environment stepped in Python\)"
+    with pytest.raises(ValueError, match=written_by + r", not `omdx.train`"):
+        omdx.train(cartpole, TINY_AGENT, run, seeds=2, progress=False, checkpoint=path)
+    # An environment that cannot be pickled cannot be saved: refused before any work.
+    locked = _Locked()
+    unpicklable = r"environment _Locked .* cannot be pickled .*_thread.lock.*cannot be saved"
+    with pytest.raises(ValueError, match=unpicklable):
+        omdx.train_host(
+            omdx.envs.HostEnv(locked, max_episode_steps=50),
+            TINY_AGENT,
+            run,
+            checkpoint=tmp_path / "locked.npz",
+        )
+    assert locked.resets == 0 and not (tmp_path / "locked.npz").exists()
+
+
+def test_a_host_checkpoint_that_stopped_on_a_divergence_stays_stopped(tmp_path):
+    # SGD at 10^6 blows the Q-network up in the first window with updates (steps 100 to
+    # 200). The run stops there; running the same call again must not train on.
+    blowing_up = dataclasses.replace(TINY_AGENT, inner_optimiser="sgd", q_lr=1e6)
+    run = TrainConfig(steps=400, random_steps=100, eval_every=100, eval_episodes=1, batch_size=32)
+    run = dataclasses.replace(run, evals_per_chunk=1)
+    path = tmp_path / "run.npz"
+    for attempt in range(2):
+        streamed = []
+        with pytest.raises(omdx.TrainingDiverged) as error:
+            omdx.train_host(
+                "CartPole-v1",
+                blowing_up,
+                run,
+                seeds=2,
+                progress=False,
+                checkpoint=path,
+                on_chunk=lambda chunk: streamed.append(chunk["eval_steps"].tolist()),
+            )
+        result = error.value.result
+        assert result.eval_steps.tolist() == [100, 200]
+        np.testing.assert_array_equal(result.final_state.agent.updates, [100, 100])
+        # The second time, the history is streamed as one chunk and nothing is trained.
+        assert streamed == ([[100], [200]] if attempt == 0 else [[100, 200]])
