@@ -474,16 +474,42 @@ def _table_rows(agent: str, points: list, summary: dict) -> tuple[list[dict], di
     return rows, curves
 
 
+# Options the table's heading names anyway, or that do not change what the runs compute.
+_UNCHANGING_OPTIONS = {
+    "help", "command", "run", "agent", "agents", "env", "model_hidden", "distractors",
+    "action_bins", "steps", "seeds", "adjoint", "sweep", "out", "no_progress", "checkpoint",
+    "cpu_devices", "evals_per_chunk", "keep_going", "blowup_loss",
+}  # fmt: skip
+
+
+def _changed_settings(args) -> list[str]:
+    """`name=value` for each option of the command that differs from its default (the
+    settings a reader of the table could not otherwise know, e.g. `inner_steps=5`)."""
+    subparsers = build_parser()._subparsers._group_actions[0]
+    changed = []
+    for action in subparsers.choices[args.command]._actions:
+        value = getattr(args, action.dest, action.default)
+        if action.dest not in _UNCHANGING_OPTIONS and value != action.default:
+            changed.append(f"{action.dest}={value}")
+    return changed
+
+
 def _print_table(args, title: str, rows: list[dict]) -> str:
     """Print (and return) `title`, the run's settings and the markdown table of `rows`."""
     from ._report import markdown_table
 
+    settings = [
+        args.env,
+        f"model_hidden={args.model_hidden}",
+        f"distractors={args.distractors}",
+        *([f"action_bins={args.action_bins}"] if args.action_bins is not None else []),
+        f"{args.steps} steps",
+        f"{args.seeds} seeds",
+        f"adjoint={args.adjoint}",
+        *_changed_settings(args),
+    ]
     text = (
-        f"{title}\n\n{args.env}, model_hidden={args.model_hidden}, "
-        f"distractors={args.distractors}, "
-        + (f"action_bins={args.action_bins}, " if args.action_bins is not None else "")
-        + f"{args.steps} steps, {args.seeds} seeds, "
-        f"adjoint={args.adjoint}. Mean ± 95% interval over seeds.\n\n"
+        f"{title}\n\n{', '.join(settings)}. Mean ± 95% interval over seeds.\n\n"
         + markdown_table(rows, precision=2)
         + "\n"
     )

@@ -108,6 +108,10 @@ def test_train_command_sweeps_in_one_run(tmp_path, capsys, monkeypatch):
     printed = capsys.readouterr().out
     assert printed.startswith("# omdx train: mle")
     assert "| agent | model_lr | epsilon | final return | AUC |" in printed
+    # The heading names every setting that differs from the command's defaults.
+    heading = "CartPole-v1, model_hidden=8, distractors=0, 400 steps, 2 seeds, adjoint=identity, "
+    heading += "q_hidden=16, batch_size=32, random_steps=200, eval_every=200, eval_episodes=2."
+    assert heading in printed
     with (out / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     # One row per point, seed and evaluation, with the point's values.
