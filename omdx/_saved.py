@@ -11,12 +11,15 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Int, Shaped
 
 from ._checkpoint import state_arrays, state_of, write_npz
 from .agents import AgentConfig, AgentState, EnvSpec, init_agent
+from .envs import AbstractEnv, HostEnv
 
 
-_FORMAT = 1
+# What the file is, so that another `.npz` of omdx (a checkpoint) is named as such.
+_KIND, _FORMAT = "omdx agents", 1
 
 
 class SavedAgents(eqx.Module):
@@ -38,8 +41,8 @@ class SavedAgents(eqx.Module):
 
     agents: AgentState
     agent_config: AgentConfig
-    seeds: np.ndarray
-    hyperparameters: dict[str, np.ndarray]
+    seeds: Int[np.ndarray, " runs"]
+    hyperparameters: dict[str, Shaped[np.ndarray, " runs"]]
     env_id: str = eqx.field(static=True)
     distractors: int = eqx.field(static=True)
     action_bins: int | None = eqx.field(static=True)
@@ -52,11 +55,11 @@ class SavedAgents(eqx.Module):
             raise IndexError(f"`run` must be an int in [0, {len(self.seeds)}), got {run!r}.")
         return jax.tree.map(lambda x: x[run] if eqx.is_array(x) else x, self.agents)
 
-    def make_env(self):
+    def make_env(self) -> AbstractEnv | HostEnv:
         """The environment the agents were trained on: an [`omdx.envs.AbstractEnv`][] from
         [`omdx.envs.make`][], or an [`omdx.envs.HostEnv`][] for a run in the host loop
         (for [`omdx.evaluate_host`][])."""
-        from .envs import HostEnv, make
+        from .envs import make
 
         build = HostEnv if self.host else make
         return build(self.env_id, distractors=self.distractors, action_bins=self.action_bins)
@@ -65,7 +68,7 @@ class SavedAgents(eqx.Module):
 def save_agents(
     path: pathlib.Path,
     env_settings: dict[str, Any],
-    env,
+    env: AbstractEnv | HostEnv,
     agent_config: AgentConfig,
     run_seeds: np.ndarray,
     run_values: dict[str, np.ndarray],
@@ -75,6 +78,7 @@ def save_agents(
     with what `load_agents` needs to read them: the environment's settings (`id`,
     `distractors`, `action_bins`, `host`) and sizes, and the agents' config."""
     settings = {
+        "kind": _KIND,
         "format": _FORMAT,
         "env": env_settings,
         "observation_size": env.observation_size,
@@ -138,12 +142,15 @@ def load_agents(path: str | os.PathLike) -> SavedAgents:
     with data:
         try:
             settings = json.loads(str(data["settings"]))
-            env_settings = settings["env"]
-            run_seeds = np.asarray(settings["seeds"], dtype=np.int64)
-            if settings["format"] != _FORMAT or not isinstance(env_settings, dict):
-                raise ValueError("another format: a checkpoint?")
         except Exception as error:
             raise ValueError(f"{not_ours} ({error}).") from None
+        if settings.get("kind") != _KIND or settings.get("format") != _FORMAT:
+            what = (
+                "a checkpoint" if "written by" in settings or "layout" in data else "another file"
+            )
+            raise ValueError(f"{not_ours} (it is {what}; a run's agents are in its agents.npz).")
+        env_settings = settings["env"]
+        run_seeds = np.asarray(settings["seeds"], dtype=np.int64)
         dtype = jnp.dtype(jnp.result_type(float)).name
         if settings["float dtype"] != dtype:
             flag = "on" if settings["float dtype"] == "float64" else "off"

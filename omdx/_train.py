@@ -10,6 +10,7 @@ import dataclasses
 import functools as ft
 import os
 import pathlib
+import pickle
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -441,7 +442,12 @@ def _verified_checkpoint(
     if not isinstance(checkpoint, str | os.PathLike):
         raise TypeError(f"`checkpoint` must be a path, got {type(checkpoint).__name__}.")
     if isinstance(env, HostEnv):  # before any work, rather than at the first chunk's end
-        pickled_envs(env)
+        # As given, and on a copy after a reset, which may open what cannot be pickled (a
+        # renderer, a simulator's handle).
+        probe = pickle.loads(pickled_envs(env))
+        probe.reset(seed=0)
+        pickled_envs(probe)
+        probe.close()
     path = pathlib.Path(checkpoint)
     agent_config, train_config = plan.agent_config, plan.train_config
     settings = checkpoint_settings(env, agent_config, train_config, plan.seeds, plan.points)

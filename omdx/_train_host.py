@@ -234,11 +234,19 @@ def evaluate_host(
     episodes = _check_evaluation(env, agent, episodes)
     if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"`seed` must be a non-negative int, got {seed!r}.")
-    seed = int(seed)
-    envs = [[_spawn(env) for _ in range(episodes)]]
     agents = jax.tree.map(lambda x: x[None] if eqx.is_array(x) else x, agent)
-    reset_seeds = seed + np.arange(episodes)[None]
-    return float(_evaluate(envs, agents, reset_seeds, env.max_episode_steps)[0])
+    return float(evaluate_runs_host(env, agents, episodes, int(seed))[0])
+
+
+def evaluate_runs_host(env: HostEnv, agents: AgentState, episodes: int, seed: int) -> np.ndarray:
+    """Every run's mean greedy return (`agents` batched over runs): `episodes` episodes
+    each, all side by side on copies of `env`, episode `i` of every run reset with seed
+    `seed + i`. What `evaluate_host` computes for one run, and `omdx evaluate` for a
+    host-loop run's saved agents."""
+    runs = len(jax.tree.leaves(eqx.filter(agents, eqx.is_array))[0])
+    envs = [[_spawn(env) for _ in range(episodes)] for _ in range(runs)]
+    reset_seeds = np.tile(seed + np.arange(episodes), (runs, 1))
+    return _evaluate(envs, agents, reset_seeds, env.max_episode_steps)
 
 
 @eqx.filter_jit

@@ -260,22 +260,35 @@ def _make_env(args) -> tuple[object, bool]:
     import gymnasium
 
     from .envs import HostEnv, make
+    from .envs._discrete import action_bin_centres
 
     host = args.host or args.env not in _jax_env_ids()
     try:
-        if host:
-            env = HostEnv(args.env, distractors=args.distractors, action_bins=args.action_bins)
-        else:
-            env = make(args.env, distractors=args.distractors, action_bins=args.action_bins)
+        env = (
+            HostEnv(args.env, distractors=args.distractors)
+            if host
+            else make(args.env, distractors=args.distractors)
+        )
     except gymnasium.error.Error as error:
         raise ValueError(
             f"Unknown `--env` {args.env!r}: neither a JAX environment of omdx "
             f"({', '.join(_jax_env_ids())}) nor a registered gymnasium id ({error})."
         ) from None
-    except ValueError as error:
-        if args.action_bins is None:
-            raise
-        raise ValueError(f"`--action-bins {args.action_bins}`: {error}") from None
+    if args.action_bins is not None:
+        try:  # the environment is valid: an error from here on is about the bins
+            if env.num_actions is not None:
+                raise ValueError(
+                    f"`--env {args.env}` already has {env.num_actions} discrete actions; "
+                    "there is nothing to discretise."
+                )
+            action_bin_centres(env.action_low, env.action_high, args.action_bins)
+        except ValueError as error:
+            raise ValueError(f"`--action-bins {args.action_bins}`: {error}") from None
+        if host:
+            env.close()
+            env = HostEnv(args.env, distractors=args.distractors, action_bins=args.action_bins)
+        else:
+            env = make(args.env, distractors=args.distractors, action_bins=args.action_bins)
     if env.num_actions is None:
         raise ValueError(
             f"`--env {args.env}` has continuous actions; the OMD/MLE/VEP agents need discrete "
@@ -474,24 +487,23 @@ def _table_rows(agent: str, points: list, summary: dict) -> tuple[list[dict], di
     return rows, curves
 
 
-# Options the table's heading names anyway, or that do not change what the runs compute.
+# Options the table's heading names anyway, or that do not change what the runs compute
+# or report.
 _UNCHANGING_OPTIONS = {
-    "help", "command", "run", "agent", "agents", "env", "model_hidden", "distractors",
+    "command", "run", "parser", "agent", "agents", "env", "model_hidden", "distractors",
     "action_bins", "steps", "seeds", "adjoint", "sweep", "out", "no_progress", "checkpoint",
-    "cpu_devices", "evals_per_chunk", "keep_going", "blowup_loss",
+    "cpu_devices", "evals_per_chunk", "keep_going",
 }  # fmt: skip
 
 
 def _changed_settings(args) -> list[str]:
     """`name=value` for each option of the command that differs from its default (the
     settings a reader of the table could not otherwise know, e.g. `inner_steps=5`)."""
-    subparsers = build_parser()._subparsers._group_actions[0]
-    changed = []
-    for action in subparsers.choices[args.command]._actions:
-        value = getattr(args, action.dest, action.default)
-        if action.dest not in _UNCHANGING_OPTIONS and value != action.default:
-            changed.append(f"{action.dest}={value}")
-    return changed
+    return [
+        f"{name}={value}"
+        for name, value in vars(args).items()
+        if name not in _UNCHANGING_OPTIONS and value != args.parser.get_default(name)
+    ]
 
 
 def _print_table(args, title: str, rows: list[dict]) -> str:
@@ -551,14 +563,21 @@ def _cmd_demo(args) -> int:
     return _compare(args, ["omd", "mle"], "# omdx demo: OMD vs MLE with a misspecified model")
 
 
+# The order `omdx compare` runs its agents in: a compare folder is evaluated so.
+_AGENT_ORDER = ("omd", "mle", "vep")
+
+
 def _agents_files(runs: Sequence[str]) -> list[pathlib.Path]:
     """The `agents.npz` files of `runs`: each a file, a run's folder, or a folder of runs
-    (`omdx compare`'s and `omdx demo`'s `--out`), checked before any work."""
+    (`omdx compare`'s and `omdx demo`'s `--out`, in the order compare runs them)."""
     files = []
     for run in runs:
         path = pathlib.Path(run)
         if path.is_dir() and not (path / "agents.npz").exists():
-            found = sorted(path.glob("*/agents.npz"))
+            found = sorted(
+                path.glob("*/agents.npz"),
+                key=lambda f: (_AGENT_ORDER + (f.parent.name,)).index(f.parent.name),
+            )
             if not found:
                 raise ValueError(
                     f"`{run}` holds no agents.npz, nor any folder that does: pass the --out "
@@ -575,56 +594,81 @@ def _agents_files(runs: Sequence[str]) -> list[pathlib.Path]:
 
 
 def _cmd_evaluate(args) -> int:
+    import equinox as eqx
     import jax
     import numpy as np
 
     from ._report import markdown_table, mean_and_interval, write_csv
     from ._saved import load_agents, stored_float_dtype
     from ._train import evaluate
-    from ._train_host import _evaluate, _spawn
+    from ._train_host import evaluate_runs_host
 
-    if not isinstance(args.episodes, int) or args.episodes < 1:
+    if args.episodes < 1:
         raise ValueError(f"`--episodes` must be a positive int, got {args.episodes}.")
     if args.seed < 0:
         raise ValueError(f"`--seed` must be a non-negative int, got {args.seed}.")
     files = _agents_files(args.runs)
-    if any(stored_float_dtype(path) == "float64" for path in files):
+    # Every file is read and checked before any is evaluated, in one precision.
+    dtypes = {stored_float_dtype(path) for path in files} - {None}
+    if len(dtypes) > 1:
+        raise ValueError(
+            "The runs were trained in different precisions (float32 and float64, "
+            "`--x64`): evaluate them in separate commands."
+        )
+    if dtypes == {"float64"}:
         jax.config.update("jax_enable_x64", True)  # a fresh process: nothing computed yet
+    saved_runs = [load_agents(path) for path in files]
     table = []
-    for path in files:
-        saved = load_agents(path)
+    for path, saved in zip(files, saved_runs):
         env = saved.make_env()
-        runs = range(len(saved.seeds))
-        if saved.host:  # every run side by side, episode i reset with seed + i
-            envs = [[_spawn(env) for _ in range(args.episodes)] for _ in runs]
-            reset_seeds = np.tile(args.seed + np.arange(args.episodes), (len(runs), 1))
-            returns = _evaluate(envs, saved.agents, reset_seeds, env.max_episode_steps)
-        else:  # the same key for every run: the same initial states
-            key = jax.random.PRNGKey(args.seed)
-            returns = [float(evaluate(env, saved.agent(i), key, args.episodes)) for i in runs]
+        # A run whose agent holds non-finite values diverged: its greedy policy would act
+        # on NaN Q-values (argmax picks the first), so it is named rather than scored.
+        finite = np.array(
+            [
+                all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(agent))
+                for agent in (
+                    eqx.filter(saved.agent(i), eqx.is_inexact_array)
+                    for i in range(len(saved.seeds))
+                )
+            ]
+        )
+        returns = np.full(len(saved.seeds), np.nan)
+        if finite.any():
+            if saved.host:  # every run side by side
+                scored = jax.tree.map(lambda x: x[finite] if eqx.is_array(x) else x, saved.agents)
+                returns[finite] = evaluate_runs_host(env, scored, args.episodes, args.seed)
+            else:  # the same key for every run: the same initial states
+                key = jax.random.PRNGKey(args.seed)
+                for i in np.flatnonzero(finite):
+                    returns[i] = float(evaluate(env, saved.agent(int(i)), key, args.episodes))
         rows = [
             {
                 "seed": int(seed),
                 **{name: float(values[i]) for name, values in saved.hyperparameters.items()},
                 "episodes": args.episodes,
                 "mean_return": float(returns[i]),
+                "diverged": not finite[i],
             }
             for i, seed in enumerate(saved.seeds)
         ]
         write_csv(path.parent / "evaluation.csv", rows)
         points = {}
-        for i, row in enumerate(rows):
+        for row in rows:
             values = tuple((name, row[name]) for name in saved.hyperparameters)
-            points.setdefault(values, []).append(row["mean_return"])
-        for values, point_returns in points.items():
-            mean, half_width = mean_and_interval(point_returns)
+            points.setdefault(values, []).append(row)
+        for values, point_rows in points.items():
+            scored = [row["mean_return"] for row in point_rows if not row["diverged"]]
+            cell = _pm(*mean_and_interval(scored))
+            dropped = [str(row["seed"]) for row in point_rows if row["diverged"]]
+            if dropped:
+                cell += f" (seed {', '.join(dropped)} diverged: not evaluated)"
             table.append(
                 {
                     "run": str(path.parent),
                     "agent": saved.agent_config.agent,
                     **{name: f"{value:g}" for name, value in values},
-                    "seeds": len(point_returns),
-                    "mean return": _pm(mean, half_width),
+                    "seeds": len(scored),
+                    "mean return": cell,
                 }
             )
     print(
@@ -648,12 +692,12 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="OMD vs MLE on CartPole with a too-small model", **with_defaults
     )
     _add_run_arguments(demo, steps=20_000, seeds=4, model_hidden=3, out="runs/demo")
-    demo.set_defaults(run=_cmd_demo)
+    demo.set_defaults(run=_cmd_demo, parser=demo)
 
     train = subparsers.add_parser("train", help="train one agent over many seeds", **with_defaults)
     train.add_argument("--agent", default="omd", choices=("omd", "mle", "vep"), help="the agent")
     _add_run_arguments(train, steps=200_000, seeds=10, model_hidden=32, out="runs/train")
-    train.set_defaults(run=_cmd_train)
+    train.set_defaults(run=_cmd_train, parser=train)
 
     compare = subparsers.add_parser(
         "compare", help="OMD, MLE and VEP on the same settings", **with_defaults
@@ -666,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the agents, one run each",
     )
     _add_run_arguments(compare, steps=200_000, seeds=10, model_hidden=32, out="runs/compare")
-    compare.set_defaults(run=_cmd_compare)
+    compare.set_defaults(run=_cmd_compare, parser=compare)
 
     evaluate = subparsers.add_parser(
         "evaluate",

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import omdx
+from omdx._checkpoint import save_checkpoint
 from omdx._report import run_summary
 from omdx._saved import save_agents
 from omdx.cli import _make_env, build_parser, main
@@ -149,7 +150,6 @@ def test_train_command_sweeps_in_one_run(tmp_path, capsys, monkeypatch):
     last = jax.tree.map(lambda x: x[1] if eqx.is_array(x) else x, points[1].final_state.agent)
     expected = omdx.evaluate(saved.make_env(), last, jax.random.PRNGKey(4), 3)
     assert float(evaluation[3]["mean_return"]) == pytest.approx(float(expected), rel=1e-6)
-    assert all(1 <= float(r["mean_return"]) <= 500 for r in evaluation)
     printed = capsys.readouterr().out
     assert "| run | agent | model_lr | epsilon | seeds | mean return |" in printed
     with pytest.raises(ValueError, match="`--sweep` expects NAME=V1,V2"):
@@ -240,43 +240,65 @@ def test_action_bins_discretise_a_continuous_env():
     )
     env, host = _make_env(args)
     assert not host and (env.num_actions, env.observation_size) == (5, 4)
-    np.testing.assert_allclose(env.env.actions[:, 0], [-1.6, -0.8, 0.0, 0.8, 1.6])
+    np.testing.assert_allclose(env.actions[:, 0], [-1.6, -0.8, 0.0, 0.8, 1.6])
     args.host = True
     env, host = _make_env(args)
     assert host and (env.num_actions, env.observation_size) == (5, 4)
     assert env.env.action(0) == pytest.approx([-1.6])
 
 
-def test_loading_agents_names_what_is_wrong(tmp_path):
+def test_loading_agents_names_what_is_wrong(tmp_path, capsys):
     with pytest.raises(ValueError, match="does not exist"):
         omdx.load_agents(tmp_path / "nothing.npz")
     np.save(tmp_path / "one.npy", np.zeros(3))
     with pytest.raises(ValueError, match="not an agents file of omdx"):
         omdx.load_agents(tmp_path / "one.npy")
     np.savez(tmp_path / "other.npz", settings=np.array(json.dumps({"env": "CartPole-v1"})))
-    with pytest.raises(ValueError, match="not an agents file of omdx"):
+    with pytest.raises(ValueError, match="not an agents file of omdx .it is another file"):
         omdx.load_agents(tmp_path / "other.npz")
     env = omdx.envs.make("CartPole-v1")
     config = omdx.AgentConfig(q_hidden=8, model_hidden=4, vep_hidden=4)
-    agents = jax.tree.map(
-        lambda x: x[None] if eqx.is_array(x) else x,
-        omdx.init_agent(jax.random.PRNGKey(0), env, config),
-    )
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    agents = eqx.filter_vmap(lambda key: omdx.init_agent(key, env, config))(keys)
+    save_checkpoint(tmp_path / "checkpoint.npz", {}, {}, agents, np.zeros(1), np.zeros(1), {})
+    with pytest.raises(ValueError, match="not an agents file of omdx .it is a checkpoint"):
+        omdx.load_agents(tmp_path / "checkpoint.npz")
+    # Run 1 diverged: its agent holds NaN, so `omdx evaluate` names it instead of scoring
+    # the policy that argmax picks from NaN Q-values.
+    agents = eqx.tree_at(lambda a: a.q, agents, replace_fn=_nan_in_run_1)
     settings = {"id": "CartPole-v1", "distractors": 0, "action_bins": None, "host": False}
-    path = tmp_path / "agents.npz"
-    save_agents(path, settings, env, config, np.array([7]), {}, agents)
-    assert int(omdx.load_agents(tmp_path).seeds[0]) == 7
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / "agents.npz"
+    save_agents(path, settings, env, config, np.array([7, 8]), {}, agents)
+    assert omdx.load_agents(run).seeds.tolist() == [7, 8]
+    assert main(["evaluate", str(run), "--episodes", "2"]) == 0
+    with (run / "evaluation.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["diverged"] for r in rows] == ["False", "True"] and rows[1]["mean_return"] == "nan"
+    assert 1 <= float(rows[0]["mean_return"]) <= 500
+    assert "(seed 8 diverged: not evaluated)" in capsys.readouterr().out
+    # A file of another precision: refused alone, and with others before any evaluation.
     with np.load(path) as data:
         arrays = dict(data)
     stored = json.loads(str(arrays["settings"]))
-    np.savez(
-        path, **arrays | {"settings": np.array(json.dumps(stored | {"float dtype": "float32"}))}
-    )
+    other = tmp_path / "float32"
+    other.mkdir()
+    as_float32 = np.array(json.dumps(stored | {"float dtype": "float32"}))
+    np.savez(other / "agents.npz", **arrays | {"settings": as_float32})
     with pytest.raises(ValueError, match="turn `jax_enable_x64` off first"):
-        omdx.load_agents(path)
+        omdx.load_agents(other)
+    (run / "evaluation.csv").unlink()
+    with pytest.raises(ValueError, match="different precisions"):
+        main(["evaluate", str(run), str(other)])
+    assert not (run / "evaluation.csv").exists()
     np.savez(path, **arrays | {"state_0": np.zeros(5)})
     with pytest.raises(ValueError, match="holds a state array of float64\\[5\\]"):
         omdx.load_agents(path)
+
+
+def _nan_in_run_1(q):
+    return jax.tree.map(lambda x: x.at[1].set(np.nan) if eqx.is_inexact_array(x) else x, q)
 
 
 def test_tabular_command_writes_its_files(tmp_path, capsys):

@@ -284,9 +284,14 @@ def test_discrete_actions_step_the_wrapped_env_with_their_table(getkey):
         state_direct, direct = pendulum.step(state, env.actions[index], key)
         assert eqx.tree_equal(out, direct) and eqx.tree_equal(state_wrapped, state_direct)
         state = state_wrapped
-    # Wrappers compose: distractors on top keep the table, the noise is appended.
+    # Wrappers compose: distractors on top keep the table, the noise is appended. Noise
+    # added over a table over noise is one layer of noise (two would repeat each other).
     noisy = distractors(env, 2)
     assert (noisy.num_actions, noisy.observation_size) == (3, 5)
+    twice = distractors(discretize_actions(make("Pendulum-v1", distractors=2), 5), 3)
+    assert (twice.num_actions, twice.observation_size) == (5, 8)
+    noise = np.asarray(twice.reset(getkey())[1][3:])
+    assert len(np.unique(noise)) == 5
     # Through gymnasium's own wrapper, the same index gives the same dynamics.
     env = make("Pendulum-v1", action_bins=5)
     host = gymnasium.wrappers.DiscretizeAction(gymnasium.make("Pendulum-v1"), 5)
@@ -313,6 +318,7 @@ def test_discretizing_bad_input_is_named():
             discretize_actions(pendulum, bins)
     with pytest.raises(ValueError, match="`bins` must be a positive int"):
         HostEnv("Pendulum-v1", action_bins=(2, 2))
+    assert HostEnv("Pendulum-v1", action_bins=np.int64(4)).num_actions == 4
     with pytest.raises(TypeError, match="HostEnv"):
         discretize_actions(HostEnv("Pendulum-v1"), 3)
     with pytest.raises(ValueError, match=r"shape \[num_actions >= 2, 1\]"):

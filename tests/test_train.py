@@ -416,10 +416,27 @@ def test_agents_train_on_a_continuous_env_through_discretised_actions():
     assert set(np.unique(actions)) == {0, 1, 2}
     agent = jax.tree.map(lambda x: x[0] if eqx.is_array(x) else x, result.final_state.agent)
     assert jax.eval_shape(agent.q, jnp.zeros(3)).shape == (2, 3)
-    compiled = omdx.evaluate(env, agent, jr.PRNGKey(0), 2)
-    host = omdx.evaluate_host(omdx.envs.HostEnv("Pendulum-v1", action_bins=3), agent, 2)
-    for returns in [compiled, host]:
-        assert worst <= float(returns) <= 0
+    # Its greedy policy acts the same in the JAX environment and through gymnasium's
+    # `DiscretizeAction` (HostEnv's action_bins), from the same state.
+    host = omdx.envs.HostEnv("Pendulum-v1", action_bins=3)
+    host.reset(seed=0)
+    state, observation = env.reset(jr.PRNGKey(3))
+    host.env.unwrapped.state = np.asarray(state.state, np.float64)
+    host_observation = np.asarray(observation)
+    greedy = jax.jit(lambda obs: jnp.argmax(jnp.min(agent.q(obs), axis=0)))
+    actions = []
+    for _ in range(60):
+        action = int(greedy(observation))
+        assert int(greedy(jnp.asarray(host_observation))) == action
+        state, out = env.step(state, jnp.asarray(action), jr.PRNGKey(0))
+        host_out = host.step(action)
+        np.testing.assert_allclose(out.next_observation, host_out.next_observation, atol=1e-5)
+        np.testing.assert_allclose(out.reward, host_out.reward, atol=1e-5)
+        observation, host_observation = out.observation, host_out.observation
+        actions.append(action)
+    assert len(set(actions)) > 1  # the policy does act: it is not one constant torque
+    returns = omdx.evaluate(env, agent, jr.PRNGKey(0), 2)
+    assert worst <= float(returns) <= 0
 
 
 def test_host_loop_sweep_names_the_diverged_point_and_keeps_the_other():
@@ -820,6 +837,14 @@ class _Locked(CartPoleEnv):
         return super().reset(**kwargs)
 
 
+class _LockedOnReset(CartPoleEnv):
+    """A CartPole that takes a lock (which cannot be pickled) when it resets."""
+
+    def reset(self, **kwargs):
+        self.lock = threading.Lock()
+        return super().reset(**kwargs)
+
+
 def test_a_host_checkpoint_of_other_settings_is_refused(cartpole, tmp_path):
     path = tmp_path / "run.npz"
     run = TrainConfig(steps=100, random_steps=50, eval_every=50, eval_episodes=1, batch_size=32)
@@ -866,6 +891,15 @@ def test_a_host_checkpoint_of_other_settings_is_refused(cartpole, tmp_path):
             checkpoint=tmp_path / "locked.npz",
         )
     assert locked.resets == 0 and not (tmp_path / "locked.npz").exists()
+    # Nor one that opens what cannot be pickled when it resets (checked on a copy).
+    with pytest.raises(ValueError, match=r"_LockedOnReset .* cannot be pickled"):
+        omdx.train_host(
+            omdx.envs.HostEnv(_LockedOnReset(), max_episode_steps=50),
+            TINY_AGENT,
+            run,
+            checkpoint=tmp_path / "locked.npz",
+        )
+    assert not (tmp_path / "locked.npz").exists()
 
 
 def test_a_host_checkpoint_that_stopped_on_a_divergence_stays_stopped(tmp_path):

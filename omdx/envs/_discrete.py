@@ -15,8 +15,9 @@ class DiscreteActions(AbstractEnv):
 
     Everything else (observations, rewards, episodes, the keys the wrapped environment
     receives) is the wrapped environment's. Actions are indices in `[0, num_actions)`, as
-    the agents pick them; as in gymnasium's wrapper, others are not checked (JAX's
-    indexing clamps them, or wraps a negative one). Create a grid of bin centres with
+    the agents pick them; others are not checked (JAX's indexing clamps them, or wraps a
+    negative one, where gymnasium's `DiscretizeAction` wraps them all). Create a grid of
+    bin centres with
     [`omdx.envs.discretize_actions`][], or pass a table of your own:
 
     ```python
@@ -100,7 +101,9 @@ class DiscreteActions(AbstractEnv):
         return self.env.step(state, self.actions[action], key)
 
 
-def action_bin_centres(low, high, bins: int | tuple[int, ...]) -> np.ndarray:
+def action_bin_centres(
+    low: ArrayLike, high: ArrayLike, bins: int | tuple[int, ...]
+) -> Float[np.ndarray, "num_actions action"]:
     """The centres of `bins` equal bins per dimension of the box `[low, high]`, every
     combination, the last dimension varying fastest: the continuous actions of gymnasium's
     `DiscretizeAction(env, bins)`, in its order.
@@ -141,8 +144,9 @@ def action_bin_centres(low, high, bins: int | tuple[int, ...]) -> np.ndarray:
     centres = []
     for lo, hi, b in zip(low, high, per_dimension):
         # Bin i's centre, (lo (2b - 2i - 1) + hi (2i + 1)) / 2b, rounded once: exact for
-        # small integer bounds, so a symmetric box has 0 and symmetric actions (halving
-        # the sum of linspace's edges gives 2e-16 for Pendulum's middle bin).
+        # small integer bounds, so a symmetric box has 0 and symmetric actions. (Halving
+        # the sum of linspace's edges gives 2e-16 for Pendulum's middle bin in float64;
+        # gymnasium, in float32, gets 6e-8: the two tables agree to float32 rounding.)
         odd = 2 * np.arange(int(b)) + 1
         centres.append((lo * (2 * int(b) - odd) + hi * odd) / (2 * int(b)))
     grid = np.meshgrid(*centres, indexing="ij")
@@ -152,9 +156,9 @@ def action_bin_centres(low, high, bins: int | tuple[int, ...]) -> np.ndarray:
 def discretize_actions(env: AbstractEnv, bins: int | tuple[int, ...]) -> DiscreteActions:
     r"""Discrete actions for `env`'s continuous ones: the centres of `bins` equal bins per
     action dimension, every combination (`prod(bins)` actions), in the order of gymnasium's
-    `gymnasium.wrappers.DiscretizeAction(env, bins)`, so that an agent trained here acts
-    the same through that wrapper on the host (see [`omdx.envs.HostEnv`][]'s
-    `action_bins`).
+    `gymnasium.wrappers.DiscretizeAction(env, bins)` (to float32 rounding), so that an
+    agent trained here acts the same through that wrapper on the host (see
+    [`omdx.envs.HostEnv`][]'s `action_bins`).
 
     With `bins = 5`, Pendulum-v1's torque in $[-2, 2]$ becomes
     $\{-1.6, -0.8, 0, 0.8, 1.6\}$; the bounds themselves are not among the actions (pass

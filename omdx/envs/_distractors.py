@@ -105,6 +105,12 @@ def distractors(env: AbstractEnv, n: int) -> AbstractEnv:
         raise ValueError(f"`n` must be a non-negative int, got {n!r}.")
     if n == 0:
         return env
+    from ._discrete import DiscreteActions
+
+    if isinstance(env, DiscreteActions):
+        # Inside the table, which leaves observations alone: noise already under it then
+        # grows by n (below) rather than being drawn a second time from the same keys.
+        return DiscreteActions(distractors(env.env, n), env.actions)
     if isinstance(env, Distractors):
         # One layer of n + m: a second layer's noise, drawn from the same keys, would
         # repeat the first's.

@@ -129,8 +129,13 @@ class HostEnv:
                     f"`action_bins` is for continuous actions; this environment already has "
                     f"{env.action_space.n} discrete ones."
                 )
-            # Checked by omdx's own rule (bounds, counts), then gymnasium's wrapper acts.
+            # Checked by omdx's own rule (bounds, counts), then gymnasium's wrapper acts; it
+            # takes a Python int (not a NumPy one) as one count for every dimension.
             action_bin_centres(env.action_space.low, env.action_space.high, action_bins)
+            if isinstance(action_bins, int | np.integer):
+                action_bins = int(action_bins)
+            else:
+                action_bins = tuple(int(b) for b in action_bins)
             env = gymnasium.wrappers.DiscretizeAction(env, action_bins)
         self.env = env
         self.distractors = distractors
