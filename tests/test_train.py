@@ -588,41 +588,51 @@ def test_host_loop_hyperparameters_keep_the_agents_precision():
     assert float(result.final_state.hyperparameters["gamma"][0]) == TINY_AGENT.gamma
 
 
+def _streamed_run(train, env, run, checkpoint, interrupt_at=None):
+    """`train(env, TINY_AGENT, run, seeds=2, checkpoint=checkpoint)` (`omdx.train` or
+    `omdx.train_host`) and the evaluation steps of each chunk it streamed; interrupted
+    (`KeyboardInterrupt`) when a chunk ends at `interrupt_at`."""
+    streamed = []
+
+    def on_chunk(chunk):
+        streamed.append(chunk["eval_steps"].tolist())
+        if streamed[-1][-1] == interrupt_at:
+            raise KeyboardInterrupt
+
+    result = train(
+        env, TINY_AGENT, run, seeds=2, progress=False, checkpoint=checkpoint, on_chunk=on_chunk
+    )
+    return result, streamed
+
+
+def _assert_same_run(result, whole):
+    """`result` is `whole` bit for bit: history, metrics and final state. The states are
+    compared on the host: where they are (split over the two CPU devices) a comparison is a
+    cross-device reduction, which can stall on 2 busy cores."""
+    np.testing.assert_array_equal(result.eval_steps, whole.eval_steps)
+    np.testing.assert_array_equal(result.eval_returns, whole.eval_returns)
+    for name, values in whole.metrics.items():
+        np.testing.assert_array_equal(result.metrics[name], values, err_msg=name)
+    leaves = [jax.tree.leaves(eqx.filter(r.final_state, eqx.is_array)) for r in (result, whole)]
+    assert len(leaves[0]) == len(leaves[1])
+    for got, expected in zip(*leaves):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
 def test_a_run_continues_from_its_checkpoint_as_if_never_stopped(cartpole, tmp_path):
     run = dataclasses.replace(TINY_RUN, steps=800, buffer_size=800)  # 4 chunks of 200
     whole = omdx.train(cartpole, TINY_AGENT, run, seeds=2, progress=False)
     path = tmp_path / "run.npz"
 
     def continued(interrupt_at=None):
-        """The run from the checkpoint (if any), and the evaluation steps of each chunk
-        streamed; interrupted when a chunk ends at `interrupt_at`."""
-        streamed = []
-
-        def on_chunk(chunk):
-            streamed.append(chunk["eval_steps"].tolist())
-            if streamed[-1][-1] == interrupt_at:
-                raise KeyboardInterrupt
-
-        result = omdx.train(
-            cartpole, TINY_AGENT, run, seeds=2, progress=False, checkpoint=path, on_chunk=on_chunk
-        )
-        return result, streamed
+        return _streamed_run(omdx.train, cartpole, run, path, interrupt_at)
 
     with pytest.raises(KeyboardInterrupt):  # the third chunk is saved before `on_chunk`
         continued(interrupt_at=600)
     resumed, chunks = continued()
     assert chunks == [[200, 400, 600], [800]]
 
-    def assert_same_run(result):
-        np.testing.assert_array_equal(result.eval_steps, whole.eval_steps)
-        np.testing.assert_array_equal(result.eval_returns, whole.eval_returns)
-        for name, values in whole.metrics.items():
-            np.testing.assert_array_equal(result.metrics[name], values, err_msg=name)
-        # On the host: comparing the runs where they are (split over the two CPU devices)
-        # is a cross-device reduction, which can stall on 2 busy cores.
-        as_numpy = ft.partial(jax.tree.map, lambda x: np.asarray(x) if eqx.is_array(x) else x)
-        assert eqx.tree_equal(as_numpy(result.final_state), as_numpy(whole.final_state))
-
+    assert_same_run = ft.partial(_assert_same_run, whole=whole)
     assert_same_run(resumed)
     # A finished checkpoint is the finished run: nothing left to train.
     finished, chunks = continued()
@@ -767,35 +777,10 @@ def test_a_host_run_continues_from_its_checkpoint_as_if_never_stopped(tmp_path):
     path = tmp_path / "run.npz"
 
     def continued(run=HOST_RUN, checkpoint=path, interrupt_at=None):
-        """The run from the checkpoint (if any), and the evaluation steps of each chunk
-        streamed; interrupted when a chunk ends at `interrupt_at`."""
-        streamed = []
+        # A fresh environment each time: a continued run steps its checkpoint's.
+        return _streamed_run(omdx.train_host, _distracted_cartpole(), run, checkpoint, interrupt_at)
 
-        def on_chunk(chunk):
-            streamed.append(chunk["eval_steps"].tolist())
-            if streamed[-1][-1] == interrupt_at:
-                raise KeyboardInterrupt
-
-        result = omdx.train_host(
-            _distracted_cartpole(),
-            TINY_AGENT,
-            run,
-            seeds=2,
-            progress=False,
-            checkpoint=checkpoint,
-            on_chunk=on_chunk,
-        )
-        return result, streamed
-
-    def assert_same_run(result):
-        np.testing.assert_array_equal(result.eval_steps, whole.eval_steps)
-        np.testing.assert_array_equal(result.eval_returns, whole.eval_returns)
-        for name, values in whole.metrics.items():
-            np.testing.assert_array_equal(result.metrics[name], values, err_msg=name)
-        leaves = [jax.tree.leaves(eqx.filter(r.final_state, eqx.is_array)) for r in (result, whole)]
-        assert len(leaves[0]) == len(leaves[1])
-        for got, expected in zip(*leaves):
-            np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+    assert_same_run = ft.partial(_assert_same_run, whole=whole)
 
     def assert_mid_episode(checkpoint):
         """The checkpoint caught both environments mid-episode: their state is needed."""
