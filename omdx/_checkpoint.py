@@ -107,6 +107,16 @@ def pickled_envs(envs: HostEnv | list[HostEnv]) -> bytes:
         ) from None
 
 
+def check_picklable(env: HostEnv) -> None:
+    """A `ValueError` (from `pickled_envs`) if a host-loop checkpoint could not hold `env`:
+    as given, or after a reset, which may open what cannot be pickled (a renderer, a
+    simulator's handle); the reset is of a copy, so `env` is not touched."""
+    probe = pickle.loads(pickled_envs(env))
+    probe.reset(seed=0)
+    pickled_envs(probe)
+    probe.close()
+
+
 def _env_digest(env) -> str:
     """A digest of the environment's settings: every number, string and array in it, its
     static fields and the attributes of the objects it holds (a gymnasium `FuncEnv`)

@@ -10,7 +10,6 @@ import dataclasses
 import functools as ft
 import os
 import pathlib
-import pickle
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,9 +23,9 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from ._buffer import buffer_add, buffer_init, buffer_sample, ReplayBuffer
 from ._checkpoint import (
+    check_picklable,
     checkpoint_settings,
     load_checkpoint,
-    pickled_envs,
     save_checkpoint,
     verify_checkpoint,
 )
@@ -442,12 +441,7 @@ def _verified_checkpoint(
     if not isinstance(checkpoint, str | os.PathLike):
         raise TypeError(f"`checkpoint` must be a path, got {type(checkpoint).__name__}.")
     if isinstance(env, HostEnv):  # before any work, rather than at the first chunk's end
-        # As given, and on a copy after a reset, which may open what cannot be pickled (a
-        # renderer, a simulator's handle).
-        probe = pickle.loads(pickled_envs(env))
-        probe.reset(seed=0)
-        pickled_envs(probe)
-        probe.close()
+        check_picklable(env)
     path = pathlib.Path(checkpoint)
     agent_config, train_config = plan.agent_config, plan.train_config
     settings = checkpoint_settings(env, agent_config, train_config, plan.seeds, plan.points)

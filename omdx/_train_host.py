@@ -243,7 +243,7 @@ def evaluate_runs_host(env: HostEnv, agents: AgentState, episodes: int, seed: in
     each, all side by side on copies of `env`, episode `i` of every run reset with seed
     `seed + i`. What `evaluate_host` computes for one run, and `omdx evaluate` for a
     host-loop run's saved agents."""
-    runs = len(jax.tree.leaves(eqx.filter(agents, eqx.is_array))[0])
+    runs = len(agents.updates)
     envs = [[_spawn(env) for _ in range(episodes)] for _ in range(runs)]
     reset_seeds = np.tile(seed + np.arange(episodes), (runs, 1))
     return _evaluate(envs, agents, reset_seeds, env.max_episode_steps)

@@ -259,8 +259,7 @@ def _make_env(args) -> tuple[object, bool]:
     does not know."""
     import gymnasium
 
-    from .envs import HostEnv, make
-    from .envs._discrete import action_bin_centres
+    from .envs import discretize_actions, HostEnv, make
 
     host = args.host or args.env not in _jax_env_ids()
     try:
@@ -276,19 +275,13 @@ def _make_env(args) -> tuple[object, bool]:
         ) from None
     if args.action_bins is not None:
         try:  # the environment is valid: an error from here on is about the bins
-            if env.num_actions is not None:
-                raise ValueError(
-                    f"`--env {args.env}` already has {env.num_actions} discrete actions; "
-                    "there is nothing to discretise."
-                )
-            action_bin_centres(env.action_low, env.action_high, args.action_bins)
+            if host:  # gymnasium's wrapper goes inside, around the gymnasium environment
+                env.close()
+                env = HostEnv(args.env, distractors=args.distractors, action_bins=args.action_bins)
+            else:
+                env = discretize_actions(env, args.action_bins)
         except ValueError as error:
             raise ValueError(f"`--action-bins {args.action_bins}`: {error}") from None
-        if host:
-            env.close()
-            env = HostEnv(args.env, distractors=args.distractors, action_bins=args.action_bins)
-        else:
-            env = make(args.env, distractors=args.distractors, action_bins=args.action_bins)
     if env.num_actions is None:
         raise ValueError(
             f"`--env {args.env}` has continuous actions; the OMD/MLE/VEP agents need discrete "
@@ -623,14 +616,11 @@ def _cmd_evaluate(args) -> int:
         env = saved.make_env()
         # A run whose agent holds non-finite values diverged: its greedy policy would act
         # on NaN Q-values (argmax picks the first), so it is named rather than scored.
-        finite = np.array(
-            [
-                all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(agent))
-                for agent in (
-                    eqx.filter(saved.agent(i), eqx.is_inexact_array)
-                    for i in range(len(saved.seeds))
-                )
-            ]
+        runs = len(saved.seeds)
+        leaves = jax.tree.leaves(eqx.filter(saved.agents, eqx.is_inexact_array))
+        finite = np.all(
+            [np.isfinite(np.asarray(leaf)).reshape(runs, -1).all(axis=1) for leaf in leaves],
+            axis=0,
         )
         returns = np.full(len(saved.seeds), np.nan)
         if finite.any():
