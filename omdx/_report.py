@@ -157,6 +157,7 @@ def run_summary(result, final_evals: int = 1, blowup_loss: float | None = None) 
         "auc_per_seed": auc.tolist(),
         "seeds": np.asarray(result.seeds).tolist(),
         "final_model_error_mean": float(np.mean(result.metrics["model_error"][:, -1])),
+        "final_model_error_per_seed": np.asarray(result.metrics["model_error"][:, -1]).tolist(),
     }
     if "q_real_loss" in result.metrics:
         final_loss = np.asarray(result.metrics["q_real_loss"], dtype=np.float64)[:, -1]

@@ -5,7 +5,9 @@
     config, metrics, summary and curves.
 - `omdx compare`: OMD, MLE and VEP on the same settings, with a table of final return and
     area under the curve.
+- `omdx evaluate`: the agents a run saved, over more episodes.
 - `omdx tabular {misspec,bounds,noise}`: the paper's tabular studies.
+- `omdx paper`: every result of the paper that omdx reproduces, with one report.
 """
 
 import argparse
@@ -290,6 +292,23 @@ def _make_env(args) -> tuple[object, bool]:
     return env, host
 
 
+def checked_run(args, agent: str):
+    """The configs, sweep, environment (and whether it runs in the host loop) and run plan
+    of `agent` on the command's settings, every one checked: what `run_agent` trains, and
+    what a command of many runs checks before its first."""
+    from ._train import _check_inputs, _RunPlan, _sweep_points
+
+    if not args.blowup_loss > 0:
+        raise ValueError(f"`--blowup-loss` must be a positive number, got {args.blowup_loss}.")
+    agent_config, train_config = _configs(args, agent)
+    sweep = _parse_sweep(args.sweep)
+    _sweep_points(sweep, agent_config, train_config)  # a bad sweep fails before any file
+    env, host = _make_env(args)
+    _check_inputs(env, agent_config, train_config)
+    plan = _RunPlan.of(args.seeds, sweep, agent_config, train_config)
+    return agent_config, train_config, sweep, env, host, plan
+
+
 def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bool]:
     """Train one agent on the CLI's settings, streaming metrics to `out/metrics.csv`, then
     write `out/summary.json` and `out/curves.png`. Returns `_table_rows`' rows and curves,
@@ -300,27 +319,14 @@ def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bo
 
     from ._report import CsvAppender, plot_curves, run_summary, write_json
     from ._saved import save_agents
-    from ._train import (
-        _RunPlan,
-        _runs_of,
-        _sweep_points,
-        _verified_checkpoint,
-        train,
-        TrainingDiverged,
-    )
+    from ._train import _runs_of, _verified_checkpoint, train, TrainingDiverged
     from ._train_host import train_host
 
-    if not args.blowup_loss > 0:
-        raise ValueError(f"`--blowup-loss` must be a positive number, got {args.blowup_loss}.")
     _use_cpu_devices(args.cpu_devices)
     if args.x64:
         jax.config.update("jax_enable_x64", True)
-    agent_config, train_config = _configs(args, agent)
-    sweep = _parse_sweep(args.sweep)
-    _sweep_points(sweep, agent_config, train_config)  # a bad sweep fails before any file
-    env, host = _make_env(args)
+    agent_config, train_config, sweep, env, host, plan = checked_run(args, agent)
     checkpoint, resumed_from = None, 0
-    plan = _RunPlan.of(args.seeds, sweep, agent_config, train_config)
     if args.checkpoint:  # checked (a host-loop environment's pickling too) before any file
         out.mkdir(parents=True, exist_ok=True)
         checkpoint, _, resumed_from = _verified_checkpoint(out / "checkpoint.npz", env, plan)
@@ -721,9 +727,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(run=_cmd_evaluate)
 
+    from ._paper import add_paper_parser
     from .tabular._cli import add_tabular_parser
 
     add_tabular_parser(subparsers)
+    add_paper_parser(subparsers)
     return parser
 
 

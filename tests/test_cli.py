@@ -30,6 +30,7 @@ def test_run_summary_by_hand():
     np.testing.assert_allclose(summary["auc_per_seed"], [22.5, 22.5])
     assert summary["final_return_mean"] == 30.0 and summary["final_return_ci95"] == 0.0
     assert summary["final_model_error_mean"] == 5.0
+    assert summary["final_model_error_per_seed"] == [3.0, 7.0]
     assert run_summary(result)["final_return_per_seed"] == [40.0, 30.0]
     # Without the agents' `q_real_loss` metric there is no loss to flag.
     assert "blown_up_seeds" not in run_summary(result, blowup_loss=1.0)

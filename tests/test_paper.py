@@ -1,0 +1,136 @@
+"""`omdx paper`: every study run by its own command, pooled into one report."""
+
+import csv
+import json
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from omdx._paper import cartpole_study
+from omdx._report import mean_and_interval
+from omdx.cli import main
+
+
+def _read_csv(path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_paper_command_runs_every_study_and_reports_it(tmp_path, capsys):
+    out = tmp_path / "paper"
+    argv = ["paper", "--steps", "2000", "--seeds", "2", "--hidden", "3", "--distractors"]
+    argv += ["--agents", "omd", "mle", "--tabular-seeds", "2", "--tabular-steps", "50"]
+    argv += ["--tabular-points", "2", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    # The command's x64 switches (the tabular studies' float64) do not outlive it.
+    assert jax.config.jax_enable_x64  # tests/conftest.py's setting
+    report = (out / "README.md").read_text()
+
+    # Each tabular study is its own command's output, in its folder, shown in the report.
+    for study, points in (("misspec", "--bounds-num"), ("bounds", "--bounds-num")):
+        folder = out / f"tabular-{study}"
+        settings = json.loads((folder / "settings.json").read_text())
+        assert (settings["seeds"], settings["steps"], settings["bounds_num"]) == (2, 50, 2)
+        assert f"![" in report and f"(tabular-{study}/{study}.png)" in report
+        assert (folder / f"{study}.png").stat().st_size > 0
+        assert f"omdx tabular {study} --out {folder}" in report and f"{points} 2" in report
+    assert json.loads((out / "tabular-noise/settings.json").read_text())["sigmas_num"] == 2
+    # The report's misspec table holds summary.csv's mean J of each method at each bound.
+    for row in _read_csv(out / "tabular-misspec/summary.csv"):
+        line = next(
+            line
+            for line in report.split("## Tabular: expected return")[1].splitlines()
+            if line.startswith(f"| {float(row['bound']):.3g} |")
+        )
+        assert f"{float(row['J']):.4g}" in line
+    noise = report.split("## Tabular: an inexact inner solution")[1].split("## CartPole")[0]
+    assert len([line for line in noise.splitlines() if re.match(r"\| \d", line)]) == 2
+
+    # CartPole: one `omdx compare` folder per setting, pooled per seed from the runs' own
+    # metrics (the last evaluation of each seed), and summarised over the seeds.
+    setting = out / "cartpole" / "h3_d0"
+    assert "omdx compare --agents omd mle --keep-going --steps 2000 --seeds 2" in report
+    study = _read_csv(out / "cartpole" / "study.csv")
+    assert [(r["agent"], r["seed"]) for r in study] == [
+        ("omd", "0"),
+        ("omd", "1"),
+        ("mle", "0"),
+        ("mle", "1"),
+    ]
+    table_line = next(line for line in report.splitlines() if line.startswith("| 3 | 0 |"))
+    for agent in ("omd", "mle"):
+        metrics = _read_csv(setting / agent / "metrics.csv")
+        last = {r["seed"]: r for r in metrics if r["step"] == "2000"}
+        finals = []
+        for row in (r for r in study if r["agent"] == agent):
+            assert float(row["final_return"]) == pytest.approx(
+                float(last[row["seed"]]["eval_return"])
+            )
+            assert float(row["final_model_error"]) == pytest.approx(
+                float(last[row["seed"]]["model_error"])
+            )
+            finals.append(float(row["final_return"]))
+        mean, half = mean_and_interval(finals)
+        assert f"{mean:.1f} ± {half:.1f}" in table_line
+        assert (setting / agent / "agents.npz").exists()
+    for figure in ("final_returns.png", "likelihood_vs_return.png"):
+        assert (out / "cartpole" / figure).stat().st_size > 0
+        assert f"(cartpole/{figure})" in report
+    assert (out / "cartpole" / "study.md").read_text().count(table_line) == 1
+    assert str(out / "README.md") in printed
+
+
+def test_paper_command_checks_every_run_before_the_first(tmp_path):
+    out = tmp_path / "paper"
+    # 500 steps is not a multiple of the evaluation period: found before the tabular
+    # studies, which come first, have written anything.
+    with pytest.raises(ValueError, match="`steps` \\(500\\) must be a multiple"):
+        main(["paper", "--steps", "500", "--out", str(out)])
+    assert not out.exists()
+    with pytest.raises(SystemExit):  # argparse: 0 distractors is the --hidden settings
+        main(["paper", "--distractors", "0", "--out", str(out)])
+    with pytest.raises(SystemExit):  # argparse: not a positive int
+        main(["paper", "--tabular-seeds", "0", "--out", str(out)])
+    assert not out.exists()
+
+
+def _write_run(folder, seeds, finals, errors, diverged=(), blown_up=()):
+    """A run's `summary.json` as `omdx compare` writes it, with the fields the study reads."""
+    folder.mkdir(parents=True)
+    summary = {
+        "seeds": seeds,
+        "final_return_per_seed": finals,
+        "auc_per_seed": [f / 2 for f in finals],
+        "final_model_error_per_seed": errors,
+        "blown_up_seeds": list(blown_up),
+    }
+    if diverged:
+        summary["diverged_seeds"] = list(diverged)
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+def test_cartpole_study_names_diverged_and_blown_up_seeds(tmp_path):
+    settings = [(3, 0), (32, 0), (32, 5)]
+    for h, d in settings:
+        _write_run(tmp_path / f"h{h}_d{d}" / "mle", [0, 1, 2], [10.0, 20.0, 60.0], [1e-3] * 3)
+        _write_run(tmp_path / f"h{h}_d{d}" / "omd", [0, 2], [100.0, 200.0], [5.0, 7.0], [1], [2])
+    study = cartpole_study(tmp_path, settings, ["omd", "mle"])
+    rows = _read_csv(tmp_path / "study.csv")
+    assert len(rows) == 3 * 6
+    omd = [r for r in rows if (r["model_hidden"], r["agent"]) == ("3", "omd")]
+    # The diverged seed has a row of its own, with no numbers; the blown-up one is kept.
+    assert [(r["seed"], r["diverged"], r["blown_up"]) for r in omd] == [
+        ("0", "False", "False"),
+        ("2", "False", "True"),
+        ("1", "True", "False"),
+    ]
+    assert np.isnan(float(omd[2]["final_return"]))
+    line = study["table"].splitlines()[2]
+    mean, half = mean_and_interval([100.0, 200.0])
+    assert f"| {mean:.1f} ± {half:.1f} (1 of 3 diverged, 1 blew up) |" in line
+    mean, half = mean_and_interval([10.0, 20.0, 60.0])
+    assert f"| {mean:.1f} ± {half:.1f} |" in line
+    assert all(path.stat().st_size > 0 for path in study["figures"])
