@@ -34,7 +34,7 @@ def test_paper_command_runs_every_study_and_reports_it(tmp_path, capsys):
         folder = out / f"tabular-{study}"
         settings = json.loads((folder / "settings.json").read_text())
         assert (settings["seeds"], settings["steps"], settings["bounds_num"]) == (2, 50, 2)
-        assert f"![" in report and f"(tabular-{study}/{study}.png)" in report
+        assert f"](tabular-{study}/{study}.png)" in report
         assert (folder / f"{study}.png").stat().st_size > 0
         assert f"omdx tabular {study} --out {folder}" in report and f"{points} 2" in report
     assert json.loads((out / "tabular-noise/settings.json").read_text())["sigmas_num"] == 2
