@@ -101,8 +101,10 @@ def test_command_line_page_lists_every_option():
                 missing.append(f"omdx {command} {long[0]}")
     assert not missing, f"options missing from docs/cli.md: {missing}"
     # And every option the page's tables list exists, in the commands of their section.
-    training, tabular = page.split("## The tabular studies")
-    for section, prefix in [(training, ("demo", "train", "compare")), (tabular, ("tabular",))]:
+    training, rest = page.split("## The tabular studies")
+    tabular, paper = rest.split("## Reproducing the paper")
+    sections = [(training, ("demo", "train", "compare")), (tabular, ("tabular",))]
+    for section, prefix in sections + [(paper, ("paper",))]:
         options = {
             option
             for command, parser in _parsers()
