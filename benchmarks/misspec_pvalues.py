@@ -16,12 +16,21 @@ difference is at least as large in absolute value.
 
 import argparse
 import csv
-import itertools
-import math
 import pathlib
 import sys
 
 import numpy as np
+
+# Re-exported: `misspec_summary.py` and the tests read them from here.
+from omdx._report import (  # noqa: F401
+    EXACT_LIMIT,
+    format_p,
+    p_value_method,
+    permutation_is_exact,
+    permutation_p_value,
+    SAMPLED_MARK,
+    SAMPLES,
+)
 
 
 FINAL_EVALS = 5
@@ -56,62 +65,6 @@ def final_returns(path) -> dict:
         )
         for key, seeds in read_curves(path).items()
     }
-
-
-EXACT_LIMIT = 1_000_000  # relabellings enumerated; beyond, a seeded random sample of them
-SAMPLES = 200_000  # the size of that sample
-
-
-def permutation_is_exact(n_a: int, n_b: int) -> bool:
-    """Whether `permutation_p_value` enumerates every relabelling of groups of `n_a` and
-    `n_b` seeds (at most `EXACT_LIMIT` of them) rather than sampling `SAMPLES`."""
-    return math.comb(n_a + n_b, n_a) <= EXACT_LIMIT
-
-
-def permutation_p_value(a: np.ndarray, b: np.ndarray, samples: int = SAMPLES) -> float:
-    """Two-sided permutation test of the difference in means: exact (every relabelling)
-    when there are at most `EXACT_LIMIT` relabellings, else over `samples` random ones
-    (seeded, so the same data give the same p)."""
-    pooled = np.concatenate([a, b])
-    observed = abs(a.mean() - b.mean())
-    if permutation_is_exact(len(a), len(b)):
-        splits = np.array(list(itertools.combinations(range(len(pooled)), len(a))))
-    else:
-        rng = np.random.default_rng(0)
-        splits = np.argsort(rng.random((samples, len(pooled))), axis=1)[:, : len(a)]
-    in_a = np.zeros((len(splits), len(pooled)), bool)
-    in_a[np.arange(len(splits))[:, None], splits] = True
-    sum_a = in_a @ pooled
-    diffs = sum_a / len(a) - (pooled.sum() - sum_a) / len(b)
-    return float(np.mean(np.abs(diffs) >= observed - 1e-9))
-
-
-SAMPLED_MARK = "†"  # on a p-value computed from a sample of the relabellings
-
-
-def format_p(p: float, exact: bool = True) -> str:
-    """A p-value to three decimals, or "< 0.001" where three decimals would show zero;
-    marked "†" where it was sampled (`exact` false)."""
-    return ("< 0.001" if p < 0.0005 else f"{p:.3f}") + ("" if exact else SAMPLED_MARK)
-
-
-def p_value_method(exact: list[bool]) -> str:
-    """How the p-values of one output were computed, given whether each was exact: "exact"
-    only if every one was (`permutation_is_exact`), else how many were sampled, and from
-    how many relabellings."""
-    if all(exact):
-        return "two-sided exact permutation test (every relabelling of the pooled seeds)"
-    sampled = sum(not e for e in exact)
-    return (
-        "two-sided permutation test, exact (every relabelling of the pooled seeds) where "
-        f"there are at most {_spaced(EXACT_LIMIT)} relabellings and otherwise over a seeded "
-        f"random sample of {_spaced(SAMPLES)} of them: {sampled} of the {len(exact)} "
-        f"p-values here {'was' if sampled == 1 else 'were'} sampled (marked {SAMPLED_MARK})"
-    )
-
-
-def _spaced(n: int) -> str:
-    return f"{n:,}".replace(",", " ")
 
 
 def merged_final_returns(paths) -> dict:

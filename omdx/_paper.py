@@ -293,6 +293,7 @@ class _Arm(NamedTuple):
     model_errors: np.ndarray
     diverged: list[int]
     blown_up: list[int]
+    resumed: bool  # continued from its checkpoint: its time is not its training's
 
     @classmethod
     def read(cls, folder: pathlib.Path) -> "_Arm":
@@ -304,6 +305,7 @@ class _Arm(NamedTuple):
             np.asarray(summary["final_model_error_per_seed"], float),
             summary.get("diverged_seeds", []),
             summary.get("blown_up_seeds", []),
+            "resumed_from_step" in summary,
         )
 
 
@@ -315,9 +317,17 @@ def cartpole_study(folder: pathlib.Path, settings: Sequence[tuple[int, int]], ag
 
     **Returns:**
 
-    `{"table": markdown, "figures": [paths], "csv": path}`, or `None` without settings.
+    `{"table": markdown, "figures": [paths], "csv": path, "resumed": whether a run
+    continued from its checkpoint}`, or `None` without settings.
     """
-    from ._report import markdown_table, write_csv
+    from ._report import (
+        format_p,
+        markdown_table,
+        p_value_method,
+        permutation_is_exact,
+        permutation_p_value,
+        write_csv,
+    )
 
     if not settings:
         return None
@@ -326,7 +336,7 @@ def cartpole_study(folder: pathlib.Path, settings: Sequence[tuple[int, int]], ag
         for h, d in settings
         for agent in agents
     }
-    rows, table = [], []
+    rows, table, exact = [], [], []
     for h, d in settings:
         line = {"model hidden": h, "distractors": d}
         for agent in agents:
@@ -355,9 +365,21 @@ def cartpole_study(folder: pathlib.Path, settings: Sequence[tuple[int, int]], ag
             line[f"{agent} AUC"] = _cell(arm.aucs)
             errors = arm.model_errors
             line[f"{agent} model error"] = f"{np.mean(errors):.3g}" if errors.size else "-"
+        for agent in agents if "mle" in agents else []:  # each agent against MLE, Dyna
+            a, b = arms[(h, d, agent)].finals, arms[(h, d, "mle")].finals
+            if agent != "mle" and min(a.size, b.size) >= 2:
+                exact.append(permutation_is_exact(a.size, b.size))
+                line[f"p, {agent} vs mle"] = format_p(permutation_p_value(a, b), exact[-1])
+            elif agent != "mle":
+                line[f"p, {agent} vs mle"] = "-"
         table.append(line)
     csv = write_csv(folder / "study.csv", rows)
     text = markdown_table(table)
+    if exact:
+        text += (
+            "\n\np: the p-value of the difference in mean final return from MLE's, by a "
+            f"{p_value_method(exact)}."
+        )
     (folder / "study.md").write_text(
         "# CartPole misspecification study\n\nFinal return (last evaluation, 10 greedy "
         "episodes) and area under the curve (mean evaluation return over the run), mean ± "
@@ -366,7 +388,8 @@ def cartpole_study(folder: pathlib.Path, settings: Sequence[tuple[int, int]], ag
     )
     figures = [_plot_final_returns(folder / "final_returns.png", settings, agents, arms)]
     figures.append(_plot_likelihood(folder / "likelihood_vs_return.png", settings, agents, arms))
-    return {"table": text, "figures": figures, "csv": csv}
+    resumed = any(arm.resumed for arm in arms.values())
+    return {"table": text, "figures": figures, "csv": csv, "resumed": resumed}
 
 
 def _cell(values: np.ndarray, arm: "_Arm | None" = None) -> str:
@@ -548,6 +571,15 @@ def write_report(out, args, settings, tabular, cartpole, study, seconds) -> path
             "setting's learning curves, metrics and saved agents in its folder, written by "
             "its command:",
             "",
+            *(
+                [
+                    "(Runs continued from their checkpoints, `--checkpoint`: the times are this "
+                    "command's, not the whole training's.)",
+                    "",
+                ]
+                if study["resumed"]
+                else []
+            ),  # fmt: skip
             "```",
             *(f"omdx {shlex.join(s.argv)}" for s in cartpole),
             "```",

@@ -22,7 +22,7 @@ def test_paper_command_runs_every_study_and_reports_it(tmp_path, capsys):
     out = tmp_path / "paper"
     argv = ["paper", "--steps", "2000", "--seeds", "2", "--hidden", "3", "--distractors"]
     argv += ["--agents", "omd", "mle", "--tabular-seeds", "2", "--tabular-steps", "50"]
-    argv += ["--tabular-points", "2", "--no-progress", "--out", str(out)]
+    argv += ["--tabular-points", "2", "--no-progress", "--checkpoint", "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     # The command's x64 switches (the tabular studies' float64) do not outlive it.
@@ -81,6 +81,15 @@ def test_paper_command_runs_every_study_and_reports_it(tmp_path, capsys):
         assert f"(cartpole/{figure})" in report
     assert (out / "cartpole" / "study.md").read_text().count(table_line) == 1
     assert str(out / "README.md") in printed
+    assert "continued from their checkpoints" not in report
+
+    # The same command again continues every run from its checkpoint: finished, so the
+    # study is the same, and the report says that its times are not the training's.
+    before = (out / "cartpole" / "study.csv").read_text()
+    assert main(argv + ["--parts", "cartpole"]) == 0
+    assert (out / "cartpole" / "study.csv").read_text() == before
+    report = (out / "README.md").read_text()
+    assert "continued from their checkpoints" in report and "## Tabular" not in report
 
 
 def test_paper_command_checks_every_run_before_the_first(tmp_path):
@@ -133,4 +142,8 @@ def test_cartpole_study_names_diverged_and_blown_up_seeds(tmp_path):
     assert f"| {mean:.1f} ± {half:.1f} (1 of 3 diverged, 1 blew up) |" in line
     mean, half = mean_and_interval([10.0, 20.0, 60.0])
     assert f"| {mean:.1f} ± {half:.1f} |" in line
+    # OMD against MLE: of the 10 ways to pick 2 of the 5 final returns, only OMD's own
+    # pair {100, 200} is as far from the other three as it is (150 against 30).
+    assert line.endswith("| 0.100 |")
+    assert "exact permutation test" in study["table"]
     assert all(path.stat().st_size > 0 for path in study["figures"])
