@@ -83,7 +83,7 @@ def add_paper_parser(subparsers) -> argparse.ArgumentParser:
         description="The tabular studies and the CartPole misspecification study (model "
         "sizes and distracting dimensions, OMD vs MLE vs VEP), then OUT/README.md with "
         "every figure and table. On two CPU cores the defaults take about 20 minutes and "
-        "--quick about 3; the paper's CartPole budget is --steps 200000 (a GPU's work).",
+        "--quick under 2; the paper's CartPole budget is --steps 200000 (a GPU's work).",
         formatter_class=HelpWithDefaults,
     )
     parser.add_argument(
@@ -455,7 +455,7 @@ def _plot_likelihood(path, settings, agents, arms) -> pathlib.Path:
         ("distracting dimensions", [(h, d) for h, d in settings if d > 0], lambda h, d: f"d={d}"),
     ]
     groups = [g for g in groups if g[1]]
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.6 * len(groups), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.6 * len(groups), 5.4), squeeze=False)
     markers = "os^vD<>px*"
     for ax, (title, group, label) in zip(axes[0], groups):
         for k, agent in enumerate(agents):
@@ -470,7 +470,8 @@ def _plot_likelihood(path, settings, agents, arms) -> pathlib.Path:
         ax.set_ylabel("final evaluation return")
         ax.set_title(f"CartPole-v1: return vs likelihood ({title})")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=len(agents))
+        # Below the axes: inside, it would hide the seeds.
+        ax.legend(fontsize=7, ncol=len(agents), loc="upper center", bbox_to_anchor=(0.5, -0.16))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
