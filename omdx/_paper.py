@@ -83,7 +83,7 @@ def add_paper_parser(subparsers) -> argparse.ArgumentParser:
         description="The tabular studies and the CartPole misspecification study (model "
         "sizes and distracting dimensions, OMD vs MLE vs VEP), then OUT/README.md with "
         "every figure and table. On two CPU cores the defaults take about 20 minutes and "
-        "--quick under 2; the paper's CartPole budget is --steps 200000 (a GPU's work).",
+        "--quick under 2; the paper's CartPole budget, --steps 200000, 2 to 3 hours.",
         formatter_class=HelpWithDefaults,
     )
     parser.add_argument(
