@@ -160,6 +160,14 @@ def add_paper_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.add_argument("--out", default="runs/paper", help="output directory")
+    parser.add_argument(
+        "compare_options",
+        nargs=argparse.REMAINDER,
+        metavar="-- COMPARE_OPTIONS",
+        help="options after `--` go to every CartPole run's `omdx compare`, to run the study "
+        "with other settings than the paper's (e.g. `-- --inner-steps 5`); not those that "
+        "omdx paper sets itself",
+    )
     parser.set_defaults(run=run_paper)
     return parser
 
@@ -191,8 +199,37 @@ def _cartpole_settings(settings: dict[str, Any], args) -> list[tuple[int, int]]:
     return list(dict.fromkeys(pairs))  # each once, however often given
 
 
+# The `omdx compare` options that `omdx paper` sets for each CartPole run (their dests).
+_SET_BY_PAPER = (
+    "env", "host", "action_bins", "agents", "keep_going", "steps", "seeds", "model_hidden",
+    "distractors", "sweep", "x64", "checkpoint", "cpu_devices", "no_progress", "out",
+)  # fmt: skip
+
+
+def _checked_compare_options(args, parser: argparse.ArgumentParser) -> list[str]:
+    """The options given after `--`, for every CartPole run's `omdx compare`: parsed by
+    its parser (which names a bad one), and refused where `omdx paper` sets the option."""
+    options = list(args.compare_options)
+    if options[:1] == ["--"]:
+        options = options[1:]
+    if not options:
+        return []
+    compare = parser.parse_args(["compare", *options])
+    taken = [
+        name for name in _SET_BY_PAPER if getattr(compare, name) != compare.parser.get_default(name)
+    ]
+    if taken:
+        names = ", ".join(f"--{name.replace('_', '-')}" for name in taken)
+        raise ValueError(
+            f"`omdx paper -- {shlex.join(options)}`: {names} "
+            f"{'is' if len(taken) == 1 else 'are'} set by omdx paper for each run (its own "
+            "options, before `--`, or fixed: the study is on CartPole-v1 without a sweep)."
+        )
+    return options
+
+
 def _compare_argv(hidden: int, distractors: int, settings, args, out) -> list[str]:
-    argv = ["compare", "--agents", *args.agents, "--keep-going"]
+    argv = ["compare", *args.compare_options, "--agents", *args.agents, "--keep-going"]
     argv += ["--steps", str(settings["steps"]), "--seeds", str(settings["seeds"])]
     argv += ["--model-hidden", str(hidden), "--distractors", str(distractors)]
     argv += ["--out", str(out / "cartpole" / _setting_name(hidden, distractors))]
@@ -228,6 +265,8 @@ def _resolved_command(args, settings: dict[str, Any]) -> str:
         if settings["tabular_points"] is not None:
             argv += ["--tabular-points", settings["tabular_points"]]
     argv += ["--out", args.out]
+    if "cartpole" in args.parts and args.compare_options:
+        argv += ["--", *args.compare_options]
     return shlex.join(map(str, argv))
 
 
@@ -241,6 +280,7 @@ def run_paper(args) -> int:
     args.agents = list(dict.fromkeys(args.agents))  # each once, however often given
     out = pathlib.Path(args.out)
     parser = build_parser()
+    args.compare_options = _checked_compare_options(args, parser)
 
     def part(name: str, argv: list[str]) -> _Part:
         return _Part(name, argv, parser.parse_args(argv))
@@ -562,9 +602,14 @@ def write_report(out, args, settings, tabular, cartpole, study, seconds) -> path
             f"**The paper.** {PAPER_SAYS['cartpole']}",
             "",
             f"CartPole-v1, {settings['steps']} environment steps (the paper: 200 000), "
-            f"{settings['seeds']} seeds, the paper's settings otherwise (K = 1, identity "
-            f"adjoint), {'float64' if args.x64 else 'float32'}; {_duration(cartpole_seconds)}. "
-            "Final return: the last evaluation (10 greedy episodes); AUC: the mean "
+            f"{settings['seeds']} seeds, the paper's settings otherwise "
+            + (
+                f"except `{shlex.join(args.compare_options)}`"
+                if args.compare_options
+                else "(K = 1, identity adjoint)"
+            )
+            + f", {'float64' if args.x64 else 'float32'}; {_duration(cartpole_seconds)}. "
+            "Final return: the last evaluation; AUC: the mean "
             "evaluation return over the run; model error: the squared error of the model's "
             "next-state prediction on real transitions at the end; mean ± 95% interval over "
             "the seeds that stayed finite (a seed whose return or loss turned non-finite is "

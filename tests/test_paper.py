@@ -23,6 +23,7 @@ def test_paper_command_runs_every_study_and_reports_it(tmp_path, capsys):
     argv = ["paper", "--steps", "2000", "--seeds", "2", "--hidden", "3", "--distractors"]
     argv += ["--agents", "omd", "mle", "--tabular-seeds", "2", "--tabular-steps", "50"]
     argv += ["--tabular-points", "2", "--no-progress", "--checkpoint", "--out", str(out)]
+    argv += ["--", "--eval-episodes", "3"]  # for every `omdx compare`
     assert main(argv) == 0
     printed = capsys.readouterr().out
     # The command's x64 switches (the tabular studies' float64) do not outlive it.
@@ -52,7 +53,12 @@ def test_paper_command_runs_every_study_and_reports_it(tmp_path, capsys):
     # CartPole: one `omdx compare` folder per setting, pooled per seed from the runs' own
     # metrics (the last evaluation of each seed), and summarised over the seeds.
     setting = out / "cartpole" / "h3_d0"
-    assert "omdx compare --agents omd mle --keep-going --steps 2000 --seeds 2" in report
+    assert "omdx compare --eval-episodes 3 --agents omd mle --keep-going --steps 2000" in report
+    assert "the paper's settings otherwise except `--eval-episodes 3`" in report
+    assert report.split("`")[1].endswith("-- --eval-episodes 3")  # the whole command
+    for agent in ("omd", "mle"):
+        config = json.loads((setting / agent / "config.json").read_text())
+        assert config["train"]["eval_episodes"] == 3 and config["seeds"] == 2
     study = _read_csv(out / "cartpole" / "study.csv")
     assert [(r["agent"], r["seed"]) for r in study] == [
         ("omd", "0"),
@@ -86,7 +92,7 @@ def test_paper_command_runs_every_study_and_reports_it(tmp_path, capsys):
     # The same command again continues every run from its checkpoint: finished, so the
     # study is the same, and the report says that its times are not the training's.
     before = (out / "cartpole" / "study.csv").read_text()
-    assert main(argv + ["--parts", "cartpole"]) == 0
+    assert main(argv[:-3] + ["--parts", "cartpole"] + argv[-3:]) == 0
     assert (out / "cartpole" / "study.csv").read_text() == before
     report = (out / "README.md").read_text()
     assert "continued from their checkpoints" in report and "## Tabular" not in report
@@ -99,6 +105,11 @@ def test_paper_command_checks_every_run_before_the_first(tmp_path):
     with pytest.raises(ValueError, match="`steps` \\(500\\) must be a multiple"):
         main(["paper", "--steps", "500", "--out", str(out)])
     assert not out.exists()
+    # Options for every `omdx compare`: not those that omdx paper sets, abbreviated or not.
+    with pytest.raises(ValueError, match="--steps, --out are set by omdx paper"):
+        main(["paper", "--out", str(out), "--", "--step", "5000", "--out", "elsewhere"])
+    with pytest.raises(SystemExit):  # argparse: not an option of omdx compare
+        main(["paper", "--out", str(out), "--", "--bogus"])
     with pytest.raises(SystemExit):  # argparse: 0 distractors is the --hidden settings
         main(["paper", "--distractors", "0", "--out", str(out)])
     with pytest.raises(SystemExit):  # argparse: not a positive int
