@@ -1,4 +1,4 @@
-"""Help text for the `omdx` console script's options."""
+"""Help text and argument types for the `omdx` console script's options."""
 
 import argparse
 
@@ -13,3 +13,11 @@ class HelpWithDefaults(argparse.HelpFormatter):
         if default is None or default is False or default is argparse.SUPPRESS:
             return text
         return text if "%(default)" in text else text + " (default: %(default)s)"
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a positive int, or an error that says so."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {value}")
+    return value

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._help import HelpWithDefaults
+from ._help import HelpWithDefaults, positive_int
 
 
 PARTS = ("tabular", "cartpole")
@@ -61,20 +61,6 @@ PAPER_SAYS = {
 }
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive int, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative int, got {value}")
-    return value
-
-
 def add_paper_parser(subparsers) -> argparse.ArgumentParser:
     """Register `omdx paper` on an argparse subparsers object."""
     parser = subparsers.add_parser(
@@ -99,21 +85,21 @@ def add_paper_parser(subparsers) -> argparse.ArgumentParser:
     cartpole = parser.add_argument_group("CartPole study")
     cartpole.add_argument(
         "--steps",
-        type=_positive_int,
+        type=positive_int,
         help=f"environment steps per seed (default {FULL['steps']}; the paper's: 200000)",
     )
     cartpole.add_argument(
-        "--seeds", type=_positive_int, help=f"seeds per agent and setting (default {FULL['seeds']})"
+        "--seeds", type=positive_int, help=f"seeds per agent and setting (default {FULL['seeds']})"
     )
     cartpole.add_argument(
         "--hidden",
-        type=_positive_int,
+        type=positive_int,
         nargs="+",
         help=f"model hidden sizes, without distractors (default {_shown(FULL['hidden'])})",
     )
     cartpole.add_argument(
         "--distractors",
-        type=_positive_int,
+        type=positive_int,
         nargs="*",
         help="numbers of N(0, 1) dimensions appended to the observations, with the "
         f"--distractor-hidden model (default {_shown(FULL['distractors'])}; none: "
@@ -121,7 +107,7 @@ def add_paper_parser(subparsers) -> argparse.ArgumentParser:
     )
     cartpole.add_argument(
         "--distractor-hidden",
-        type=_positive_int,
+        type=positive_int,
         default=32,
         help="the model hidden size of the distractor settings (32, the full model)",
     )
@@ -137,24 +123,24 @@ def add_paper_parser(subparsers) -> argparse.ArgumentParser:
     )
     cartpole.add_argument(
         "--cpu-devices",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="CPU devices to split the seeds over (default: one per core)",
     )
     tabular = parser.add_argument_group("tabular studies")
     tabular.add_argument(
         "--tabular-seeds",
-        type=_positive_int,
+        type=positive_int,
         help=f"seeds per point (default {FULL['tabular_seeds']})",
     )
     tabular.add_argument(
         "--tabular-steps",
-        type=_positive_int,
+        type=positive_int,
         help=f"maximum model steps per run (default {FULL['tabular_steps']})",
     )
     tabular.add_argument(
         "--tabular-points",
-        type=_positive_int,
+        type=positive_int,
         help="norm bounds (misspec, bounds) and noise scales (noise) per curve "
         "(default: the paper's 20 and 30)",
     )

@@ -7,17 +7,10 @@ import time
 
 import numpy as np
 
-from .._help import HelpWithDefaults
+from .._help import HelpWithDefaults, positive_int
 
 
 STUDIES = ("misspec", "bounds", "noise")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive int, got {value}")
-    return value
 
 
 def _positive_float(text: str) -> float:
@@ -38,9 +31,9 @@ def _float_list(text: str) -> list[float]:
 
 
 def _common(parser: argparse.ArgumentParser, study: str) -> None:
-    parser.add_argument("--seeds", type=_positive_int, default=10, help="number of seeds, 1..N")
+    parser.add_argument("--seeds", type=positive_int, default=10, help="number of seeds, 1..N")
     parser.add_argument(
-        "--steps", type=_positive_int, default=10_000, help="maximum model (outer) steps"
+        "--steps", type=positive_int, default=10_000, help="maximum model (outer) steps"
     )
     parser.add_argument("--lr", type=_positive_float, default=0.01, help="the model's Adam lr")
     parser.add_argument(
@@ -56,7 +49,7 @@ def _common(parser: argparse.ArgumentParser, study: str) -> None:
         "--solver", choices=("newton", "value_iteration"), default="newton", help="inner solver"
     )
     parser.add_argument(
-        "--chunk", type=_positive_int, default=500, help="steps per compiled call (progress)"
+        "--chunk", type=positive_int, default=500, help="steps per compiled call (progress)"
     )
     parser.add_argument("--float32", action="store_true", help="run in float32 (not float64)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -73,7 +66,7 @@ def _bounds_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bounds-min", type=float, default=0.0, help="smallest norm bound")
     parser.add_argument("--bounds-max", type=float, default=6.0, help="largest norm bound")
     parser.add_argument(
-        "--bounds-num", type=_positive_int, default=20, help="bounds, evenly spaced from min to max"
+        "--bounds-num", type=positive_int, default=20, help="bounds, evenly spaced from min to max"
     )
 
 
@@ -106,7 +99,7 @@ def add_tabular_parser(subparsers) -> argparse.ArgumentParser:
     noise.add_argument("--sigmas-min-exp", type=float, default=-3.0, help="log10 of the smallest")
     noise.add_argument("--sigmas-max-exp", type=float, default=0.5, help="log10 of the largest")
     noise.add_argument(
-        "--sigmas-num", type=_positive_int, default=30, help="noise scales, log-spaced"
+        "--sigmas-num", type=positive_int, default=30, help="noise scales, log-spaced"
     )
     noise.add_argument(
         "--adjoints",
