@@ -21,15 +21,11 @@ import sys
 
 import numpy as np
 
-# Re-exported: `misspec_summary.py` and the tests read them from here.
-from omdx._report import (  # noqa: F401
-    EXACT_LIMIT,
+from omdx._report import (
     format_p,
     p_value_method,
     permutation_is_exact,
     permutation_p_value,
-    SAMPLED_MARK,
-    SAMPLES,
 )
 
 

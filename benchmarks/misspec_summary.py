@@ -24,14 +24,13 @@ import sys
 from typing import NamedTuple
 
 import numpy as np
-from misspec_pvalues import (
-    FINAL_EVALS,
+from misspec_pvalues import FINAL_EVALS, merged_final_returns, read_curves
+
+from omdx._report import (
     format_p,
-    merged_final_returns,
     p_value_method,
     permutation_is_exact,
     permutation_p_value,
-    read_curves,
 )
 
 

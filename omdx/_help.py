@@ -12,7 +12,11 @@ class HelpWithDefaults(argparse.HelpFormatter):
         default = action.default
         if default is None or default is False or default is argparse.SUPPRESS:
             return text
-        return text if "%(default)" in text else text + " (default: %(default)s)"
+        if "%(default)" in text:
+            return text
+        if isinstance(default, list | tuple):  # as typed on the command line
+            return text + f" (default: {' '.join(map(str, default))})"
+        return text + " (default: %(default)s)"
 
 
 def positive_int(text: str) -> int:

@@ -7,16 +7,12 @@ dimensions), each written where its own command writes it, then one report,
 """
 
 import argparse
-import json
-import math
 import pathlib
 import shlex
 import time
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import numpy as np
-
+from ._cartpole_study import cartpole_study, CartpoleStudy, setting_name
 from ._help import HelpWithDefaults, positive_int
 
 
@@ -109,7 +105,7 @@ def add_paper_parser(subparsers) -> argparse.ArgumentParser:
         "--distractor-hidden",
         type=positive_int,
         default=32,
-        help="the model hidden size of the distractor settings (32, the full model)",
+        help="the model hidden size of the distractor settings (the full model)",
     )
     cartpole.add_argument(
         "--agents", nargs="+", choices=AGENTS, default=list(AGENTS), help="the agents"
@@ -118,8 +114,9 @@ def add_paper_parser(subparsers) -> argparse.ArgumentParser:
     cartpole.add_argument(
         "--checkpoint",
         action="store_true",
-        help="keep each run's state (omdx compare --checkpoint): the same command again "
-        "continues an interrupted study, and skips the work of finished runs",
+        help="keep each CartPole run's state (omdx compare --checkpoint): the same command "
+        "again continues an interrupted study and skips the training of finished runs (the "
+        "tabular studies, about a minute, run again)",
     )
     cartpole.add_argument(
         "--cpu-devices",
@@ -192,18 +189,29 @@ _SET_BY_PAPER = (
 )  # fmt: skip
 
 
-def _checked_compare_options(args, parser: argparse.ArgumentParser) -> list[str]:
+def _checked_compare_options(args) -> list[str]:
     """The options given after `--`, for every CartPole run's `omdx compare`: parsed by
-    its parser (which names a bad one), and refused where `omdx paper` sets the option."""
+    its parser (which names a bad one), and refused where `omdx paper` sets the option
+    (given at all, abbreviated or not, whatever its value)."""
+    from .cli import build_parser
+
     options = list(args.compare_options)
     if options[:1] == ["--"]:
         options = options[1:]
     if not options:
         return []
-    compare = parser.parse_args(["compare", *options])
-    taken = [
-        name for name in _SET_BY_PAPER if getattr(compare, name) != compare.parser.get_default(name)
-    ]
+    if "cartpole" not in args.parts:
+        raise ValueError(
+            f"`omdx paper -- {shlex.join(options)}`: options after `--` are for the CartPole "
+            "runs, and `--parts` leaves them out."
+        )
+    # A fresh compare parser whose defaults for these options are a marker: an option
+    # left at it was not given.
+    compare = build_parser().parse_args(["compare"]).parser
+    unset = object()
+    compare.set_defaults(**dict.fromkeys(_SET_BY_PAPER, unset))
+    given = compare.parse_args(options)
+    taken = [name for name in _SET_BY_PAPER if getattr(given, name) is not unset]
     if taken:
         names = ", ".join(f"--{name.replace('_', '-')}" for name in taken)
         raise ValueError(
@@ -218,15 +226,11 @@ def _compare_argv(hidden: int, distractors: int, settings, args, out) -> list[st
     argv = ["compare", *args.compare_options, "--agents", *args.agents, "--keep-going"]
     argv += ["--steps", str(settings["steps"]), "--seeds", str(settings["seeds"])]
     argv += ["--model-hidden", str(hidden), "--distractors", str(distractors)]
-    argv += ["--out", str(out / "cartpole" / _setting_name(hidden, distractors))]
+    argv += ["--out", str(out / "cartpole" / setting_name(hidden, distractors))]
     if args.cpu_devices is not None:
         argv += ["--cpu-devices", str(args.cpu_devices)]
     flags = {"--x64": args.x64, "--checkpoint": args.checkpoint, "--no-progress": args.no_progress}
     return argv + [flag for flag, given in flags.items() if given]
-
-
-def _setting_name(hidden: int, distractors: int) -> str:
-    return f"h{hidden}_d{distractors}"
 
 
 class _Part(NamedTuple):
@@ -244,7 +248,8 @@ def _resolved_command(args, settings: dict[str, Any]) -> str:
         argv += ["--steps", settings["steps"], "--seeds", settings["seeds"]]
         argv += ["--hidden", *settings["hidden"], "--distractors", *settings["distractors"]]
         argv += ["--distractor-hidden", args.distractor_hidden, "--agents", *args.agents]
-        argv += ["--x64"] * args.x64
+        flags = {"--x64": args.x64, "--checkpoint": args.checkpoint}
+        argv += [flag for flag, given in flags.items() if given]
     if "tabular" in args.parts:
         argv += ["--tabular-seeds", settings["tabular_seeds"]]
         argv += ["--tabular-steps", settings["tabular_steps"]]
@@ -260,13 +265,13 @@ def run_paper(args) -> int:
     """`omdx paper`: run the chosen parts, then write `OUT/README.md`."""
     import jax
 
-    from .cli import _use_cpu_devices, build_parser, checked_run
+    from .cli import _use_cpu_devices, build_parser
 
     settings = _settings(args)
     args.agents = list(dict.fromkeys(args.agents))  # each once, however often given
+    args.compare_options = _checked_compare_options(args)
     out = pathlib.Path(args.out)
     parser = build_parser()
-    args.compare_options = _checked_compare_options(args, parser)
 
     def part(name: str, argv: list[str]) -> _Part:
         return _Part(name, argv, parser.parse_args(argv))
@@ -282,19 +287,19 @@ def run_paper(args) -> int:
         _use_cpu_devices(args.cpu_devices)  # before any computation
         for hidden, distractors in _cartpole_settings(settings, args):
             argv = _compare_argv(hidden, distractors, settings, args, out)
-            cartpole.append(part(_setting_name(hidden, distractors), argv))
-            for agent in args.agents:
-                checked_run(cartpole[-1].args, agent)
+            cartpole.append(part(setting_name(hidden, distractors), argv))
     x64 = jax.config.jax_enable_x64  # the tabular studies switch it on: restored at the end
     seconds = {}
     try:
+        jax.config.update("jax_enable_x64", args.x64)  # a checkpoint is read in its precision
+        for setting in cartpole:
+            _check_cartpole_runs(setting, args.agents)
         for study in tabular:
             print(f"\n## omdx tabular {study.name}\n", flush=True)
             start = time.perf_counter()
             study.args.run(study.args)
             seconds[study.name] = time.perf_counter() - start
-        if cartpole:
-            jax.config.update("jax_enable_x64", args.x64)
+        jax.config.update("jax_enable_x64", args.x64)
         for setting in cartpole:
             print(f"\n## CartPole, {setting.name}\n", flush=True)
             start = time.perf_counter()
@@ -302,215 +307,38 @@ def run_paper(args) -> int:
             seconds[setting.name] = time.perf_counter() - start
     finally:
         jax.config.update("jax_enable_x64", x64)
-    settings_run = [(s.args.model_hidden, s.args.distractors) for s in cartpole]
-    study = cartpole_study(out / "cartpole", settings_run, args.agents)
-    report = write_report(out, args, settings, tabular, cartpole, study, seconds)
+    study = None
+    if cartpole:
+        settings_run = [(s.args.model_hidden, s.args.distractors) for s in cartpole]
+        study = cartpole_study(out / "cartpole", settings_run, args.agents)
+    report = write_report(
+        out, args, settings, tabular=tabular, cartpole=cartpole, study=study, seconds=seconds
+    )
     print(f"\nWrote {report}")
     return 0
 
 
-class _Arm(NamedTuple):
-    """One agent in one CartPole setting, as its run's `summary.json` reports it: the
-    seeds that stayed finite, each one's numbers, and the seeds named apart."""
+def _check_cartpole_runs(setting: _Part, agents: list[str]) -> None:
+    """Check each agent's run of one CartPole setting as `omdx compare` would, and with
+    `--checkpoint`, that a checkpoint already there can be continued by it."""
+    from ._train import _verified_checkpoint
+    from .cli import checked_run
 
-    seeds: list[int]
-    finals: np.ndarray
-    aucs: np.ndarray
-    model_errors: np.ndarray
-    diverged: list[int]
-    blown_up: list[int]
-    resumed: bool  # continued from its checkpoint: its time is not its training's
-
-    @classmethod
-    def read(cls, folder: pathlib.Path) -> "_Arm":
-        summary = json.loads((folder / "summary.json").read_text())
-        return cls(
-            summary["seeds"],
-            np.asarray(summary["final_return_per_seed"], float),
-            np.asarray(summary["auc_per_seed"], float),
-            np.asarray(summary["final_model_error_per_seed"], float),
-            summary.get("diverged_seeds", []),
-            summary.get("blown_up_seeds", []),
-            "resumed_from_step" in summary,
-        )
-
-
-def cartpole_study(folder: pathlib.Path, settings: Sequence[tuple[int, int]], agents):
-    """Pool the CartPole runs under `folder` (one `omdx compare` folder per setting) into
-    `study.csv` (one row per setting, agent and seed), `study.md` (final return and area
-    under the curve per setting and agent, mean ± 95% interval over the seeds that stayed
-    finite) and the figures `final_returns.png` and `likelihood_vs_return.png`.
-
-    **Returns:**
-
-    `{"table": markdown, "figures": [paths], "csv": path, "resumed": whether a run
-    continued from its checkpoint}`, or `None` without settings.
-    """
-    from ._report import (
-        format_p,
-        markdown_table,
-        p_value_method,
-        permutation_is_exact,
-        permutation_p_value,
-        write_csv,
-    )
-
-    if not settings:
-        return None
-    arms = {
-        (h, d, agent): _Arm.read(folder / _setting_name(h, d) / agent)
-        for h, d in settings
-        for agent in agents
-    }
-    rows, table, exact = [], [], []
-    for h, d in settings:
-        line = {"model hidden": h, "distractors": d}
-        for agent in agents:
-            arm = arms[(h, d, agent)]
-            for seed, final, auc, error in zip(arm.seeds, arm.finals, arm.aucs, arm.model_errors):
-                rows.append(
-                    {
-                        "model_hidden": h,
-                        "distractors": d,
-                        "agent": agent,
-                        "seed": seed,
-                        "final_return": final,
-                        "auc": auc,
-                        "final_model_error": error,
-                        "diverged": False,
-                        "blown_up": seed in arm.blown_up,
-                    }
-                )
-            for seed in arm.diverged:
-                rows.append(
-                    {"model_hidden": h, "distractors": d, "agent": agent, "seed": seed,
-                     "final_return": math.nan, "auc": math.nan, "final_model_error": math.nan,
-                     "diverged": True, "blown_up": False}
-                )  # fmt: skip
-            line[f"{agent} final return"] = _cell(arm.finals, arm)
-            line[f"{agent} AUC"] = _cell(arm.aucs)
-            errors = arm.model_errors
-            line[f"{agent} model error"] = f"{np.mean(errors):.3g}" if errors.size else "-"
-        for agent in agents if "mle" in agents else []:  # each agent against MLE, Dyna
-            a, b = arms[(h, d, agent)].finals, arms[(h, d, "mle")].finals
-            if agent != "mle" and min(a.size, b.size) >= 2:
-                exact.append(permutation_is_exact(a.size, b.size))
-                line[f"p, {agent} vs mle"] = format_p(permutation_p_value(a, b), exact[-1])
-            elif agent != "mle":
-                line[f"p, {agent} vs mle"] = "-"
-        table.append(line)
-    csv = write_csv(folder / "study.csv", rows)
-    text = markdown_table(table)
-    if exact:
-        text += (
-            "\n\np: the p-value of the difference in mean final return from MLE's, by a "
-            f"{p_value_method(exact)}."
-        )
-    (folder / "study.md").write_text(
-        "# CartPole misspecification study\n\nFinal return (last evaluation, 10 greedy "
-        "episodes) and area under the curve (mean evaluation return over the run), mean ± "
-        "95% interval over the seeds that stayed finite; model error: squared error of the "
-        "model's next-state prediction on real transitions at the end.\n\n" + text + "\n"
-    )
-    figures = [_plot_final_returns(folder / "final_returns.png", settings, agents, arms)]
-    figures.append(_plot_likelihood(folder / "likelihood_vs_return.png", settings, agents, arms))
-    resumed = any(arm.resumed for arm in arms.values())
-    return {"table": text, "figures": figures, "csv": csv, "resumed": resumed}
-
-
-def _cell(values: np.ndarray, arm: "_Arm | None" = None) -> str:
-    from ._report import mean_and_interval
-
-    if values.size == 0:
-        text = "-"
-    else:
-        mean, half = mean_and_interval(values)
-        text = f"{mean:.1f} ± {half:.1f}" if values.size > 1 else f"{mean:.1f}"
-    notes = []
-    if arm is not None and arm.diverged:
-        notes.append(f"{len(arm.diverged)} of {len(arm.diverged) + arm.finals.size} diverged")
-    if arm is not None and arm.blown_up:
-        notes.append(f"{len(arm.blown_up)} blew up")
-    return text + (f" ({', '.join(notes)})" if notes else "")
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _plot_final_returns(path, settings, agents, arms) -> pathlib.Path:
-    """Final return per setting and agent: the mean and 95% interval as a bar, each seed
-    a dot (seeds that diverged are not drawn; the table counts them)."""
-    from ._report import mean_and_interval
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(settings) + 2), 4.2))
-    width = 0.8 / len(agents)
-    for k, agent in enumerate(agents):
-        x = np.arange(len(settings)) + (k - (len(agents) - 1) / 2) * width
-        stats = [mean_and_interval(arms[(h, d, agent)].finals) for h, d in settings]
-        means = np.array([m for m, _ in stats])
-        halves = np.nan_to_num(np.array([h for _, h in stats]))
-        ax.bar(x, means, width, yerr=halves, capsize=3, alpha=0.7, label=agent.upper())
-        for xi, (h, d) in zip(x, settings):
-            finals = arms[(h, d, agent)].finals
-            ax.plot(np.full(finals.size, xi), finals, "k.", markersize=3)
-    labels = [f"h={h}" + (f"\nd={d}" if d else "") for h, d in settings]
-    ax.set_xticks(np.arange(len(settings)), labels)
-    ax.set_ylabel("final evaluation return")
-    ax.set_title("CartPole-v1: model hidden units (h), distractors (d); dots: seeds")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return pathlib.Path(path)
-
-
-def _plot_likelihood(path, settings, agents, arms) -> pathlib.Path:
-    """Each seed's final return against its model's error on real next states (log
-    scale): one panel for the model sizes, one for the distractor settings."""
-    plt = _pyplot()
-    groups = [
-        ("model hidden size", [(h, d) for h, d in settings if d == 0], lambda h, d: f"h={h}"),
-        ("distracting dimensions", [(h, d) for h, d in settings if d > 0], lambda h, d: f"d={d}"),
-    ]
-    groups = [g for g in groups if g[1]]
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.6 * len(groups), 5.4), squeeze=False)
-    markers = "os^vD<>px*"
-    for ax, (title, group, label) in zip(axes[0], groups):
-        for k, agent in enumerate(agents):
-            color = f"C{k}"
-            for m, (h, d) in enumerate(group):
-                arm = arms[(h, d, agent)]
-                ax.scatter(arm.model_errors, arm.finals, color=color,
-                           marker=markers[m % len(markers)], alpha=0.7,
-                           label=f"{agent.upper()}, {label(h, d)}")  # fmt: skip
-        ax.set_xscale("log")
-        ax.set_xlabel("model's squared error on real next states (log scale)")
-        ax.set_ylabel("final evaluation return")
-        ax.set_title(f"CartPole-v1: return vs likelihood ({title})")
-        ax.grid(alpha=0.3)
-        # Below the axes: inside, it would hide the seeds.
-        ax.legend(fontsize=7, ncol=len(agents), loc="upper center", bbox_to_anchor=(0.5, -0.16))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return pathlib.Path(path)
+    for agent in agents:
+        run = checked_run(setting.args, agent)
+        path = pathlib.Path(setting.args.out) / agent / "checkpoint.npz"
+        if setting.args.checkpoint and path.exists():
+            _verified_checkpoint(path, run.env, run.plan)
 
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} minutes"
 
 
-def _pivot(summary_csv: pathlib.Path, x: str, value: str, columns: dict[str, str]) -> str:
-    """A markdown table of one tabular study: one row per `x`, one `value ± ci` column per
-    method (`columns`: method -> heading)."""
+def _pivot(summary_csv: pathlib.Path, x: str, columns: list[tuple[str, str, str]]) -> str:
+    """A markdown table of one tabular study's `summary.csv`: one row per value of `x`,
+    one column per `(method, value, heading)` in `columns`, each cell its mean ± 95%
+    half-width over seeds."""
     import csv
 
     from ._report import markdown_table
@@ -519,29 +347,56 @@ def _pivot(summary_csv: pathlib.Path, x: str, value: str, columns: dict[str, str
         rows = list(csv.DictReader(f))
     table: dict[float, dict[str, str]] = {}
     for row in rows:
-        if row["method"] not in columns:
-            continue
-        cell = f"{float(row[value]):.4g}"
-        if row.get(f"{value}_ci95") not in (None, "", "nan"):
-            cell += f" ± {float(row[f'{value}_ci95']):.2g}"
-        table.setdefault(float(row[x]), {x: f"{float(row[x]):.3g}"})[columns[row["method"]]] = cell
-    return markdown_table([table[k] for k in sorted(table)], [x, *columns.values()])
+        line = table.setdefault(float(row[x]), {x: f"{float(row[x]):.3g}"})
+        for method, value, heading in columns:
+            if row["method"] != method:
+                continue
+            cell = f"{float(row[value]):.4g}"
+            if row.get(f"{value}_ci95") not in (None, "", "nan"):
+                cell += f" ± {float(row[f'{value}_ci95']):.2g}"
+            line[heading] = cell
+    headings = [heading for _, _, heading in columns]
+    return markdown_table([table[k] for k in sorted(table)], [x, *headings])
 
 
-def write_report(out, args, settings, tabular, cartpole, study, seconds) -> pathlib.Path:
-    """`OUT/README.md`: the command, where and how long it ran, then each study's figure
-    and table beside what the paper reports."""
+def write_report(
+    out: pathlib.Path,
+    args: argparse.Namespace,
+    settings: dict[str, Any],
+    *,
+    tabular: list[_Part],
+    cartpole: list[_Part],
+    study: CartpoleStudy | None,
+    seconds: dict[str, float],
+) -> pathlib.Path:
+    """Write `OUT/README.md`: the command, where and how long it ran, then each study's
+    figure and table beside what the paper reports.
+
+    **Arguments:**
+
+    - `out`: the output folder of `omdx paper`.
+    - `args`: its parsed arguments; `settings`: those `--quick` or the defaults filled in.
+    - `tabular`, `cartpole`: the commands run, one per tabular study and CartPole setting.
+    - `study`: what `cartpole_study` pooled from the CartPole runs (`None` without them).
+    - `seconds`: the wall-clock time of each command, by its name.
+
+    **Returns:**
+
+    The report's path.
+    """
     import jax
 
     from . import __version__
 
+    devices = len(jax.devices())
     lines = [
         "# The paper's results, reproduced by omdx",
         "",
         f"`{_resolved_command(args, settings)}`",
         "",
         f"omdx {__version__}, jax {jax.__version__} on {jax.devices()[0].platform} "
-        f"({len(jax.devices())} devices), {_duration(sum(seconds.values()))} in all. "
+        f"({devices} device{'s' if devices > 1 else ''}), "
+        f"{_duration(sum(seconds.values()))} in all. "
         "Each part is one `omdx` command, given with it, that writes its own folder.",
         "",
     ]
@@ -551,22 +406,28 @@ def write_report(out, args, settings, tabular, cartpole, study, seconds) -> path
         "noise": "Tabular: an inexact inner solution, exact vs identity adjoint",
     }
     pivots = {
-        "misspec": ("bound", "J", {"OMD": "OMD J", "MLE": "MLE J"}),
+        "misspec": ("bound", [("OMD", "J", "OMD J"), ("MLE", "J", "MLE J")]),
         "bounds": (
             "bound",
-            "q_error",
-            {"OMD": "OMD max abs(Q* - Q)", "MLE": "MLE max abs(Q* - Q)"},
+            [
+                ("OMD", "q_error", "OMD max abs(Q* - Q)"),
+                ("OMD", "omd_bound", "OMD bound"),
+                ("MLE", "q_error", "MLE max abs(Q* - Q)"),
+                ("MLE", "mle_bound", "MLE bound"),
+            ],
         ),
         "noise": (
             "sigma",
-            "J",
-            {"OMD (direct)": "OMD J, exact inverse", "OMD (identity)": "OMD J, identity"},
+            [
+                ("OMD (direct)", "J", "OMD J, exact inverse"),
+                ("OMD (identity)", "J", "OMD J, identity"),
+            ],
         ),
     }
     for part in tabular:
         name = part.name
         folder = out / f"tabular-{name}"
-        x, value, columns = pivots[name]
+        x, columns = pivots[name]
         lines += [
             f"## {titles[name]}",
             "",
@@ -577,7 +438,7 @@ def write_report(out, args, settings, tabular, cartpole, study, seconds) -> path
             "",
             f"![{titles[name]}](tabular-{name}/{name}.png)",
             "",
-            _pivot(folder / "summary.csv", x, value, columns),
+            _pivot(folder / "summary.csv", x, columns),
             "",
         ]
     if study is not None:
@@ -609,7 +470,7 @@ def write_report(out, args, settings, tabular, cartpole, study, seconds) -> path
                     "command's, not the whole training's.)",
                     "",
                 ]
-                if study["resumed"]
+                if study.resumed
                 else []
             ),  # fmt: skip
             "```",
@@ -618,7 +479,7 @@ def write_report(out, args, settings, tabular, cartpole, study, seconds) -> path
             "",
             "![final returns](cartpole/final_returns.png)",
             "",
-            study["table"],
+            study.table,
             "",
             "## What does the model learn? Likelihood against return",
             "",

@@ -248,6 +248,16 @@ class CsvAppender:
                 writer.writerow({k: _plain(v) for k, v in row.items()})
 
 
+def pyplot():
+    """`matplotlib.pyplot` on the Agg backend: figures are written to files, never shown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot_curves(
     path: str | pathlib.Path,
     curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -258,11 +268,7 @@ def plot_curves(
     hline: float | None = None,
 ) -> pathlib.Path:
     """Plot mean and 95% interval over seeds of each labelled `(x [n], y [seeds, n])` curve."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))

@@ -17,6 +17,7 @@ import pathlib
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from ._help import HelpWithDefaults
 
@@ -292,10 +293,21 @@ def _make_env(args) -> tuple[object, bool]:
     return env, host
 
 
-def checked_run(args, agent: str):
-    """The configs, sweep, environment (and whether it runs in the host loop) and run plan
-    of `agent` on the command's settings, every one checked: what `run_agent` trains, and
-    what a command of many runs checks before its first."""
+class CheckedRun(NamedTuple):
+    """A run of the command's settings, every part checked (see `checked_run`)."""
+
+    agent_config: Any
+    train_config: Any
+    sweep: dict[str, list[float]] | None
+    env: Any
+    host: bool  # whether it runs in the host loop (`omdx.train_host`)
+    plan: Any  # `_train._RunPlan`
+
+
+def checked_run(args, agent: str) -> CheckedRun:
+    """The configs, sweep, environment and run plan of `agent` on the command's settings,
+    every one checked: what `run_agent` trains, and what a command of many runs checks
+    before its first."""
     from ._train import _check_inputs, _RunPlan, _sweep_points
 
     if not args.blowup_loss > 0:
@@ -306,7 +318,7 @@ def checked_run(args, agent: str):
     env, host = _make_env(args)
     _check_inputs(env, agent_config, train_config)
     plan = _RunPlan.of(args.seeds, sweep, agent_config, train_config)
-    return agent_config, train_config, sweep, env, host, plan
+    return CheckedRun(agent_config, train_config, sweep, env, host, plan)
 
 
 def run_agent(args, agent: str, out: pathlib.Path) -> tuple[list[dict], dict, bool]:

@@ -11,6 +11,8 @@ import types
 import numpy as np
 import pytest
 
+from omdx import _report
+
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
 import cartpole_misspec  # noqa: E402
@@ -51,9 +53,9 @@ def _write_study(path, runs, steps=(1000, 2000), q_real_loss=None):
 def test_permutation_p_value_exact():
     # Fully separated groups of 3: only the observed split and its mirror are as extreme,
     # 2 of the C(6, 3) = 20 relabellings.
-    p = misspec_pvalues.permutation_p_value(np.array([10.0, 11, 12]), np.array([0.0, 1, 2]))
+    p = _report.permutation_p_value(np.array([10.0, 11, 12]), np.array([0.0, 1, 2]))
     assert p == pytest.approx(2 / 20)
-    assert misspec_pvalues.permutation_p_value(np.array([1.0, 2]), np.array([1.0, 2])) == 1.0
+    assert _report.permutation_p_value(np.array([1.0, 2]), np.array([1.0, 2])) == 1.0
 
 
 def test_merge_accepts_identical_reruns_and_rejects_conflicts(tmp_path):
@@ -113,15 +115,15 @@ def test_summary_counts_seeds_whose_final_q_loss_blew_up(tmp_path):
 
 
 def test_permutation_method_says_exact_only_when_every_p_value_was():
-    assert misspec_pvalues.permutation_is_exact(10, 10)  # C(20, 10) = 184 756
-    assert not misspec_pvalues.permutation_is_exact(12, 12)  # C(24, 12) = 2 704 156
-    exact = misspec_pvalues.p_value_method([True, True])
+    assert _report.permutation_is_exact(10, 10)  # C(20, 10) = 184 756
+    assert not _report.permutation_is_exact(12, 12)  # C(24, 12) = 2 704 156
+    exact = _report.p_value_method([True, True])
     assert "exact permutation test" in exact and "sampled" not in exact
-    mixed = misspec_pvalues.p_value_method([True, False, True])
+    mixed = _report.p_value_method([True, False, True])
     assert "two-sided exact" not in mixed
     assert "random sample of 200 000" in mixed and "1 of the 3 p-values here was sampled" in mixed
-    assert misspec_pvalues.format_p(0.0123, exact=False) == "0.012†"
-    assert misspec_pvalues.format_p(0.0001) == "< 0.001"
+    assert _report.format_p(0.0123, exact=False) == "0.012†"
+    assert _report.format_p(0.0001) == "< 0.001"
 
 
 def test_summary_marks_a_sampled_p_value(tmp_path):

@@ -3,13 +3,16 @@
 import csv
 import json
 import re
+import types
 
 import jax
 import numpy as np
 import pytest
 
-from omdx._paper import cartpole_study
+from omdx._cartpole_study import cartpole_study
+from omdx._paper import _settings, QUICK
 from omdx._report import mean_and_interval
+from omdx._saved import stored_float_dtype
 from omdx.cli import main
 
 
@@ -81,7 +84,8 @@ def test_paper_command_runs_every_study_and_reports_it(tmp_path, capsys):
             finals.append(float(row["final_return"]))
         mean, half = mean_and_interval(finals)
         assert f"{mean:.1f} ± {half:.1f}" in table_line
-        assert (setting / agent / "agents.npz").exists()
+        # In float32 (no --x64), although the tabular studies before ran in float64.
+        assert stored_float_dtype(setting / agent / "agents.npz") == "float32"
     for figure in ("final_returns.png", "likelihood_vs_return.png"):
         assert (out / "cartpole" / figure).stat().st_size > 0
         assert f"(cartpole/{figure})" in report
@@ -97,6 +101,14 @@ def test_paper_command_runs_every_study_and_reports_it(tmp_path, capsys):
     report = (out / "README.md").read_text()
     assert "continued from their checkpoints" in report and "## Tabular" not in report
 
+    # A checkpoint that the runs could not continue (other settings) stops the command
+    # before its first part, not after the tabular studies.
+    tabular_results = out / "tabular-misspec" / "results.csv"
+    written = tabular_results.stat().st_mtime_ns
+    with pytest.raises(ValueError, match="written by a run with other settings"):
+        main(argv[:-1] + ["4"])  # -- --eval-episodes 4
+    assert tabular_results.stat().st_mtime_ns == written
+
 
 def test_paper_command_checks_every_run_before_the_first(tmp_path):
     out = tmp_path / "paper"
@@ -106,8 +118,12 @@ def test_paper_command_checks_every_run_before_the_first(tmp_path):
         main(["paper", "--steps", "500", "--out", str(out)])
     assert not out.exists()
     # Options for every `omdx compare`: not those that omdx paper sets, abbreviated or not.
-    with pytest.raises(ValueError, match="--steps, --out are set by omdx paper"):
-        main(["paper", "--out", str(out), "--", "--step", "5000", "--out", "elsewhere"])
+    # Given at all: 200000 steps and the three agents are compare's own defaults.
+    with pytest.raises(ValueError, match="--agents, --steps, --out are set by omdx paper"):
+        main(["paper", "--out", str(out), "--", "--step", "200000", "--out", "elsewhere",
+              "--agents", "omd", "mle", "vep"])  # fmt: skip
+    with pytest.raises(ValueError, match="`--parts` leaves them out"):
+        main(["paper", "--parts", "tabular", "--out", str(out), "--", "--inner-steps", "5"])
     with pytest.raises(SystemExit):  # argparse: not an option of omdx compare
         main(["paper", "--out", str(out), "--", "--bogus"])
     with pytest.raises(SystemExit):  # argparse: 0 distractors is the --hidden settings
@@ -148,7 +164,7 @@ def test_cartpole_study_names_diverged_and_blown_up_seeds(tmp_path):
         ("1", "True", "False"),
     ]
     assert np.isnan(float(omd[2]["final_return"]))
-    line = study["table"].splitlines()[2]
+    line = study.table.splitlines()[2]
     mean, half = mean_and_interval([100.0, 200.0])
     assert f"| {mean:.1f} ± {half:.1f} (1 of 3 diverged, 1 blew up) |" in line
     mean, half = mean_and_interval([10.0, 20.0, 60.0])
@@ -156,5 +172,26 @@ def test_cartpole_study_names_diverged_and_blown_up_seeds(tmp_path):
     # OMD against MLE: of the 10 ways to pick 2 of the 5 final returns, only OMD's own
     # pair {100, 200} is as far from the other three as it is (150 against 30).
     assert line.endswith("| 0.100 |")
-    assert "exact permutation test" in study["table"]
-    assert all(path.stat().st_size > 0 for path in study["figures"])
+    assert "exact permutation test" in study.table
+    assert all(path.stat().st_size > 0 for path in study.figures)
+
+
+def test_cartpole_study_without_mle_and_with_every_seed_diverged(tmp_path):
+    # OMD alone (no p-values: they are against MLE), and a setting where every seed
+    # diverged: its panel of the likelihood figure has nothing to draw on a log axis.
+    _write_run(tmp_path / "h3_d0" / "omd", [0, 1], [50.0, 70.0], [2.0, 3.0])
+    _write_run(tmp_path / "h32_d5" / "omd", [], [], [], diverged=[0, 1])
+    study = cartpole_study(tmp_path, [(3, 0), (32, 5)], ["omd"])
+    header, _, first, second = study.table.splitlines()[:4]
+    assert "p," not in header and "permutation" not in study.table
+    assert "| 32 | 5 | - (2 of 2 diverged) | - | - |" == second
+    mean, half = mean_and_interval([50.0, 70.0])
+    assert f"| {mean:.1f} ± {half:.1f} |" in first
+    assert all(path.stat().st_size > 0 for path in study.figures)
+
+
+def test_quick_fills_only_the_options_not_given():
+    args = types.SimpleNamespace(quick=True, **dict.fromkeys(QUICK))
+    args.seeds, args.hidden = 7, [5]
+    settings = _settings(args)
+    assert settings == {**QUICK, "seeds": 7, "hidden": [5]}

@@ -6,17 +6,10 @@ from typing import Any
 
 import numpy as np
 
+from .._report import pyplot
+
 
 _STYLE = {"OMD": ("r", "^"), "MLE": ("b", "o")}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _series(summary, method, x_key, value):
@@ -69,7 +62,7 @@ def plot_misspecification(
 
 def _plot_returns(summary, path, x_key, xlabel, j_star, *, markersize, log_x=False):
     """Expected return against `x_key`, mean and 95% interval per method, J* dashed."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.9))
     for i, method in enumerate(_methods(summary)):
         x, y, ci = _series(summary, method, x_key, "J")
@@ -102,7 +95,7 @@ def plot_bounds(summary: Sequence[dict[str, Any]], path) -> pathlib.Path:
 
     The path written.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
     curves = [
         ("OMD", "q_error", "r", "^", "-", r"$\max|Q^* - \hat Q_{OMD}|$"),
