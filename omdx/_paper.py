@@ -14,10 +14,10 @@ from typing import Any, NamedTuple
 
 from ._cartpole_study import cartpole_study, CartpoleStudy, setting_name
 from ._help import HelpWithDefaults, positive_int
+from .agents._config import AGENTS
 
 
 PARTS = ("tabular", "cartpole")
-AGENTS = ("omd", "mle", "vep")
 TABULAR_STUDIES = ("misspec", "bounds", "noise")
 
 # `--quick`: every figure, on a budget that shows the command working (minutes on two CPU
@@ -299,7 +299,7 @@ def run_paper(args) -> int:
             start = time.perf_counter()
             study.args.run(study.args)
             seconds[study.name] = time.perf_counter() - start
-        jax.config.update("jax_enable_x64", args.x64)
+        jax.config.update("jax_enable_x64", args.x64)  # the tabular studies switched it on
         for setting in cartpole:
             print(f"\n## CartPole, {setting.name}\n", flush=True)
             start = time.perf_counter()
@@ -309,8 +309,7 @@ def run_paper(args) -> int:
         jax.config.update("jax_enable_x64", x64)
     study = None
     if cartpole:
-        settings_run = [(s.args.model_hidden, s.args.distractors) for s in cartpole]
-        study = cartpole_study(out / "cartpole", settings_run, args.agents)
+        study = cartpole_study(out / "cartpole", _cartpole_settings(settings, args), args.agents)
     report = write_report(
         out, args, settings, tabular=tabular, cartpole=cartpole, study=study, seconds=seconds
     )

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from ._help import HelpWithDefaults
+from .agents._config import AGENTS
 
 
 def _add_run_arguments(
@@ -574,10 +575,6 @@ def _cmd_demo(args) -> int:
     return _compare(args, ["omd", "mle"], "# omdx demo: OMD vs MLE with a misspecified model")
 
 
-# The order `omdx compare` runs its agents in: a compare folder is evaluated so.
-_AGENT_ORDER = ("omd", "mle", "vep")
-
-
 def _agents_files(runs: Sequence[str]) -> list[pathlib.Path]:
     """The `agents.npz` files of `runs`: each a file, a run's folder, or a folder of runs
     (`omdx compare`'s and `omdx demo`'s `--out`, in the order compare runs them)."""
@@ -587,7 +584,8 @@ def _agents_files(runs: Sequence[str]) -> list[pathlib.Path]:
         if path.is_dir() and not (path / "agents.npz").exists():
             found = sorted(
                 path.glob("*/agents.npz"),
-                key=lambda f: (_AGENT_ORDER + (f.parent.name,)).index(f.parent.name),
+                # In the order `omdx compare` runs its agents (AGENTS), others after.
+                key=lambda f: (AGENTS + (f.parent.name,)).index(f.parent.name),
             )
             if not found:
                 raise ValueError(
@@ -703,7 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_cmd_demo, parser=demo)
 
     train = subparsers.add_parser("train", help="train one agent over many seeds", **with_defaults)
-    train.add_argument("--agent", default="omd", choices=("omd", "mle", "vep"), help="the agent")
+    train.add_argument("--agent", default="omd", choices=AGENTS, help="the agent")
     _add_run_arguments(train, steps=200_000, seeds=10, model_hidden=32, out="runs/train")
     train.set_defaults(run=_cmd_train, parser=train)
 
@@ -713,8 +711,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--agents",
         nargs="+",
-        default=["omd", "mle", "vep"],
-        choices=("omd", "mle", "vep"),
+        default=list(AGENTS),
+        choices=AGENTS,
         help="the agents, one run each",
     )
     _add_run_arguments(compare, steps=200_000, seeds=10, model_hidden=32, out="runs/compare")
